@@ -1,0 +1,49 @@
+# Two commands for a new user: `make demo` and `make test` (both set up what they need).
+PYTHON ?= python3
+CORES ?= 2
+VENV := .venv
+UV := $(VENV)/bootstrap/bin/uv
+MAIN := $(VENV)/main/bin/python
+N2V := $(VENV)/n2v/bin/python
+BASE_PY := $(shell $(PYTHON) -c 'import sys; print(sys.executable)')
+SNAKEMAKE := $(MAIN) -m snakemake
+
+.PHONY: setup demo test lint format bench clean
+
+# uv installs the pinned lock files exactly; a second `make setup` finds the stamps and
+# does nothing until a lock file changes.
+$(UV):
+	$(BASE_PY) -m venv $(VENV)/bootstrap
+	$(VENV)/bootstrap/bin/pip install --quiet uv==0.13.8
+
+$(VENV)/%/.synced: envs/locks/%.txt | $(UV)
+	$(UV) venv --quiet --allow-existing --python $(BASE_PY) $(VENV)/$*
+	VIRTUAL_ENV=$(VENV)/$* $(UV) pip sync --quiet envs/locks/$*.txt
+	touch $@
+
+setup: $(VENV)/main/.synced $(VENV)/n2v/.synced
+
+resources/demo/.done: src/snakescope/demo.py src/snakescope/synthetic.py | setup
+	$(MAIN) scripts/make_demo_data.py resources/demo
+	touch $@
+
+demo: setup resources/demo/.done
+	$(SNAKEMAKE) --profile profiles/local
+	@echo
+	@cat results/summary.md
+
+test: setup
+	$(MAIN) -m pytest
+
+lint: setup resources/demo/.done
+	$(SNAKEMAKE) --lint
+	$(MAIN) -m snakefmt --check workflow
+
+format: setup
+	$(MAIN) -m snakefmt workflow
+
+bench: setup
+	for b in bench/*.py; do echo "== $$b"; $(MAIN) $$b | tail -n 1; done
+
+clean:
+	rm -rf results logs benchmarks .snakemake resources/demo

@@ -1,0 +1,10 @@
+#!/usr/bin/env python3
+"""Rule entry point: one sample's TIFF data -> results/{sample}/image.ome.zarr (OME-NGFF, exact values)."""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+from snakescope import cli, steps  # noqa: E402
+
+cli.main(steps.ingest_step, __doc__, steps.ingest_arguments)

@@ -1,0 +1,10 @@
+#!/usr/bin/env python3
+"""Rule entry point: config, software versions, input checksums and commit -> results/{sample}/provenance.json."""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+from snakescope import cli, steps  # noqa: E402
+
+cli.main(steps.provenance_step, __doc__, steps.provenance_arguments)

@@ -1,0 +1,68 @@
+"""Atomic outputs: a result appears under its final name complete, or not at all.
+
+A job killed mid-write (SIGKILL, node failure, out of memory) leaves at most a
+``*.partial-*`` sibling, which no rule ever reads and the next attempt removes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
+def _remove_stale_partials(final: Path) -> None:
+    for stale in final.parent.glob(final.name + ".partial-*"):
+        _remove(stale)
+
+
+@contextlib.contextmanager
+def atomic_path(final: str | Path) -> Iterator[Path]:
+    """Yield a temporary sibling path to write a file or folder into; rename it on success.
+
+    The rename is atomic on one file system; on an exception the temporary is removed and
+    the final path is left as it was (absent, since Snakemake removes outputs before a job).
+    """
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_partials(final)
+    tmp = final.parent / f"{final.name}.partial-{os.getpid()}"
+    _remove(tmp)
+    try:
+        yield tmp
+        if final.exists() or final.is_symlink():
+            _remove(final)
+        os.replace(tmp, final)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            _remove(tmp)
+        raise
+
+
+def write_json(path: str | Path, data) -> None:
+    """Write JSON atomically (sorted keys so identical data gives identical bytes)."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def write_text(path: str | Path, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def temporary_sibling(path: str | Path) -> Path:
+    """A fresh temporary folder beside ``path`` (same file system, so renames stay atomic)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=path.name + ".", dir=path.parent))

@@ -1,0 +1,179 @@
+"""Validate the config and the samples sheet against their JSON schemas, all problems at once.
+
+Snakemake's own ``validate`` stops at the first error; a facility editing a sheet of 300 rows
+wants every problem listed in one go, each naming the key or the row, and nothing run.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from .tiff import AXES_LETTERS, expand_image_path
+
+SCHEMA_DIR = Path(__file__).resolve().parents[2] / "workflow" / "schemas"
+SHEET_COLUMNS = ("sample_id", "image", "axes", "voxel_size", "time_interval", "channel",
+                 "labels", "tracks", "points", "target")
+
+
+class ConfigError(ValueError):
+    """Every problem found in the config and the samples sheet."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        text = "\n".join(f"  - {p}" for p in problems)
+        super().__init__(f"invalid configuration ({len(problems)} problem{'s' * (len(problems) != 1)}); nothing was run:\n{text}")
+
+
+@dataclass
+class Sample:
+    sample_id: str
+    image: str
+    axes: str | None
+    voxel_size: dict = field(default_factory=dict)
+    channel: int = 0
+    labels: str | None = None
+    tracks: str | None = None
+    points: str | None = None
+    target: str | None = None
+
+    def input_files(self) -> list[str]:
+        """Every file this sample reads (for provenance checksums and rerun triggers)."""
+        files = [str(p) for p in expand_image_path(self.image)]
+        for extra in (self.labels, self.points, self.target):
+            if extra:
+                files += [str(p) for p in expand_image_path(extra)]
+        if self.tracks:
+            files += [str(p) for p in sorted(Path(self.tracks).glob("*")) if p.is_file()]
+        return files
+
+
+def load_schema(name: str) -> dict:
+    return yaml.safe_load((SCHEMA_DIR / f"{name}.schema.yaml").read_text())
+
+
+def _validator(schema: dict):
+    """A Draft 2020-12 validator that also fills in defaults (the jsonschema FAQ recipe)."""
+    from jsonschema import Draft202012Validator, validators
+
+    base = Draft202012Validator.VALIDATORS["properties"]
+
+    def set_defaults(validator, properties, instance, schema):
+        if isinstance(instance, dict):
+            for name, sub in properties.items():
+                if "default" in sub and name not in instance:
+                    instance[name] = copy.deepcopy(sub["default"])
+        yield from base(validator, properties, instance, schema)
+
+    cls = validators.extend(Draft202012Validator, {"properties": set_defaults})
+    return cls(schema)
+
+
+def _path_of(error) -> str:
+    return ".".join(str(p) for p in error.absolute_path) or "(top level)"
+
+
+def validate_config(config: dict, where: str = "config") -> tuple[dict, list[str]]:
+    """Return the config with defaults filled in, and its problems (empty when valid)."""
+    config = copy.deepcopy(config or {})
+    problems = [f"{where}: key '{_path_of(e)}': {e.message}" for e in _validator(load_schema("config")).iter_errors(config)]
+    norm = config.get("normalize", {})
+    if isinstance(norm, dict) and isinstance(norm.get("low"), (int, float)) and isinstance(norm.get("high"), (int, float)):
+        if norm["low"] >= norm["high"]:
+            problems.append(f"{where}: key 'normalize.low' ({norm['low']}) must be below 'normalize.high' ({norm['high']})")
+    return config, sorted(problems)
+
+
+def read_sheet(path: str | Path) -> tuple[list[dict], list[str]]:
+    """Rows of a TSV sheet as dicts of non-empty stripped strings, and structural problems."""
+    path = Path(path)
+    if not path.exists():
+        return [], [f"{path}: samples sheet not found"]
+    with open(path, newline="") as fh:
+        lines = [ln for ln in fh if ln.strip() and not ln.lstrip().startswith("#")]
+    reader = csv.DictReader(lines, delimiter="\t")
+    problems = []
+    unknown = [c for c in (reader.fieldnames or []) if c not in SHEET_COLUMNS]
+    if unknown:
+        problems.append(f"{path}: unknown column(s) {', '.join(unknown)} (known: {', '.join(SHEET_COLUMNS)})")
+    rows = []
+    for row in reader:
+        if None in row:
+            problems.append(f"{path} row {len(rows) + 1}: more cells than columns (a tab too many?)")
+        rows.append({k: v.strip() for k, v in row.items() if k and v is not None and v.strip()})
+    if not rows:
+        problems.append(f"{path}: no samples")
+    return rows, problems
+
+
+def _spatial(axes: str) -> str:
+    return "".join(a for a in "ZYX" if a in axes.upper())
+
+
+def _row_problems(row: dict) -> list[str]:
+    problems = []
+    axes = row.get("axes", "").upper()
+    if axes:
+        if len(set(axes)) != len(axes):
+            problems.append(f"axes '{row['axes']}': a letter appears twice")
+        elif not {"Y", "X"} <= set(axes):
+            problems.append(f"axes '{row['axes']}': Y and X are required")
+    if "voxel_size" in row and axes:
+        n = len(row["voxel_size"].split(","))
+        if n not in (1, len(_spatial(axes))):
+            problems.append(f"voxel_size '{row['voxel_size']}': {n} values for the {len(_spatial(axes))} spatial axes {_spatial(axes)} (give one per axis in z,y,x order, or one for all)")
+    if int(row.get("channel", "0") or 0) > 0 and axes and "C" not in axes:
+        problems.append(f"channel {row['channel']}: the axes '{row['axes']}' have no C")
+    return problems
+
+
+def to_sample(row: dict) -> Sample:
+    axes = row.get("axes", "").upper() or None
+    sizes = [float(v) for v in row["voxel_size"].split(",")] if "voxel_size" in row else [1.0]
+    spatial = _spatial(axes).lower() if axes else "zyx"
+    if len(sizes) == 1:
+        voxel = {a: sizes[0] for a in spatial}
+    else:
+        voxel = dict(zip(spatial, sizes))
+    if "time_interval" in row:
+        voxel["t"] = float(row["time_interval"])
+    return Sample(
+        sample_id=row["sample_id"], image=row["image"], axes=axes, voxel_size=voxel,
+        channel=int(row.get("channel", 0)), labels=row.get("labels"), tracks=row.get("tracks"),
+        points=row.get("points"), target=row.get("target"),
+    )
+
+
+def load(config: dict, config_name: str = "config") -> tuple[dict, dict[str, Sample], list[str]]:
+    """Validate config and samples sheet; return (config, samples by id, warnings).
+
+    Raises ConfigError listing every problem. Missing data files are warnings, not errors:
+    the sample's ingest job then fails with the file named, and others go on (--keep-going).
+    """
+    config, problems = validate_config(config, config_name)
+    sheet = config.get("samples", "config/samples.tsv")
+    rows, sheet_problems = read_sheet(sheet)
+    problems += sheet_problems
+    validator = _validator(load_schema("samples"))
+    samples: dict[str, Sample] = {}
+    warnings = []
+    for number, row in enumerate(rows, start=1):
+        label = f"{sheet} row {number}" + (f" (sample '{row['sample_id']}')" if "sample_id" in row else "")
+        errors = [f"column '{_path_of(e)}': {e.message}" if e.absolute_path else e.message for e in validator.iter_errors(row)]
+        errors += [] if errors else _row_problems(row)
+        if not errors and row["sample_id"] in samples:
+            errors.append(f"sample_id '{row['sample_id']}' is used twice")
+        problems += [f"{label}: {e}" for e in errors]
+        if errors:
+            continue
+        sample = to_sample(row)
+        samples[sample.sample_id] = sample
+        if not expand_image_path(sample.image) or not all(p.exists() for p in expand_image_path(sample.image)):
+            warnings.append(f"{label}: image {sample.image} not found; its jobs will fail, the other samples go on")
+    if problems:
+        raise ConfigError(problems)
+    return config, samples, warnings

@@ -1,0 +1,54 @@
+"""A plain-text account of what a run produced and where, printed at the end of the demo."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def _size(path: Path) -> int:
+    if path.is_file():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def _human(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def _describe(path: Path) -> str:
+    """One line on a result: array shape and axes for OME-Zarr, key figures for JSON."""
+    if path.suffix == ".zarr" or path.name.endswith(".ome.zarr"):
+        attrs_file = path / ".zattrs"
+        if attrs_file.exists():
+            attrs = json.loads(attrs_file.read_text())
+            ms = attrs.get("multiscales", [{}])[0]
+            axes = "".join(a["name"] for a in ms.get("axes", []))
+            level0 = json.loads((path / "0" / ".zarray").read_text())
+            return f"{axes} {tuple(level0['shape'])} {level0['dtype'].lstrip('<>|')}, {len(ms.get('datasets', []))} levels"
+    if path.name == "normalization.json":
+        stats = json.loads(path.read_text())
+        g = stats["groups"][0]
+        return f"{stats['method']} per {stats['scope']}: {len(stats['groups'])} group(s), first offset {g['offset']:.4g} divisor {g['divisor']:.4g}"
+    return ""
+
+
+def summarize(samples, results: Path) -> str:
+    lines = ["# snakescope results", ""]
+    for sample in samples:
+        folder = results / sample
+        lines.append(f"## {sample}  ({folder}/)")
+        if not folder.exists():
+            lines.append("  (no results: see logs/ for why)")
+            continue
+        for item in sorted(folder.iterdir()):
+            if ".partial-" in item.name:
+                continue
+            desc = _describe(item)
+            lines.append(f"  {item.name:<28} {_human(_size(item)):>10}  {desc}".rstrip())
+        lines.append("")
+    return "\n".join(lines) + "\n"

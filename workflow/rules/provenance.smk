@@ -1,0 +1,44 @@
+rule provenance:
+    input:
+        image_files,
+        "results/{sample}/image.ome.zarr",
+    output:
+        "results/{sample}/provenance.json",
+    log:
+        "logs/provenance/{sample}.log",
+    params:
+        python=python_for("main"),
+        script=script("provenance.py"),
+        sample=sample_json,
+        config=json.dumps(config, sort_keys=True),
+        inputs=lambda wc: SAMPLES[wc.sample].input_files(),
+        repo=str(REPO),
+    resources:
+        mem_mb=mem_mb(0.5),
+        runtime=runtime(),
+    conda:
+        "../../envs/imaging.yaml"
+    shell:
+        "{params.python} {params.script} --sample {params.sample:q} --config {params.config:q}"
+        " --inputs {params.inputs:q} --repo {params.repo:q} --out {output:q} --log {log:q}"
+
+
+rule summary:
+    input:
+        expand("results/{sample}/normalized.ome.zarr", sample=SAMPLES),
+        expand("results/{sample}/provenance.json", sample=SAMPLES),
+    output:
+        "results/summary.md",
+    log:
+        "logs/summary.log",
+    params:
+        python=python_for("main"),
+        script=script("summary.py"),
+        samples=list(SAMPLES),
+    resources:
+        mem_mb=mem_mb(0.5),
+        runtime=runtime(),
+    conda:
+        "../../envs/imaging.yaml"
+    shell:
+        "{params.python} {params.script} --samples {params.samples:q} --out {output:q} --log {log:q}"
