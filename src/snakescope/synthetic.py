@@ -394,7 +394,7 @@ class _Simulation:
             cell.label = self._next_label  # provisional, see below
             low, high = self._bounds(cell)
             if np.any(low > high):
-                raise ValueError(f"image {tuple(self.shape.astype(int))} too small for the nuclei")
+                raise ValueError(f"image {tuple(int(s) for s in self.shape)} too small for the nuclei")
             for _ in range(attempts):
                 center = rng.uniform(low, high)
                 if self._fits(cell, center):
@@ -402,7 +402,7 @@ class _Simulation:
             else:
                 raise ValueError(
                     f"placed only {len(self.alive)} of {n_cells} nuclei without overlap in"
-                    f" {tuple(self.shape.astype(int))}; reduce n_cells or enlarge shape"
+                    f" {tuple(int(s) for s in self.shape)}; reduce n_cells or enlarge shape"
                 )
             cell.center = center
             cell.velocity = rng.standard_normal(self.ndim) * 0.5 * self._max_step(cell)

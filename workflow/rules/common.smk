@@ -59,7 +59,9 @@ def image_files(wildcards):
     """The sample's TIFF files that exist: a missing one fails that sample's job, not the DAG."""
     from snakescope.tiff import expand_image_path
 
-    return [str(p) for p in expand_image_path(SAMPLES[wildcards.sample].image) if p.exists()]
+    return [
+        str(p) for p in expand_image_path(SAMPLES[wildcards.sample].image) if p.exists()
+    ]
 
 
 def mem_mb(base_factor=1.0):

@@ -7,18 +7,18 @@ rule ingest:
         "logs/ingest/{sample}.log",
     benchmark:
         "benchmarks/ingest/{sample}.tsv"
+    retries: config["resources"]["retries"]
+    conda:
+        "../../envs/imaging.yaml"
+    threads: config["resources"]["threads"]
+    resources:
+        mem_mb=mem_mb(),
+        runtime=runtime(),
     params:
         python=python_for("main"),
         script=script("ingest.py"),
         sample=sample_json,
         settings=section_json("ingest"),
-    threads: config["resources"]["threads"]
-    resources:
-        mem_mb=mem_mb(),
-        runtime=runtime(),
-    retries: config["resources"]["retries"]
-    conda:
-        "../../envs/imaging.yaml"
     shell:
         "{params.python} {params.script} --sample {params.sample:q} --settings {params.settings:q}"
         " --out {output:q} --threads {threads} --log {log:q}"

@@ -8,18 +8,18 @@ rule normalize:
         "logs/normalize/{sample}.log",
     benchmark:
         "benchmarks/normalize/{sample}.tsv"
+    retries: config["resources"]["retries"]
+    conda:
+        "../../envs/imaging.yaml"
+    threads: config["resources"]["threads"]
+    resources:
+        mem_mb=mem_mb(),
+        runtime=runtime(),
     params:
         python=python_for("main"),
         script=script("normalize.py"),
         settings=section_json("normalize"),
         ingest_settings=section_json("ingest"),
-    threads: config["resources"]["threads"]
-    resources:
-        mem_mb=mem_mb(),
-        runtime=runtime(),
-    retries: config["resources"]["retries"]
-    conda:
-        "../../envs/imaging.yaml"
     shell:
         "{params.python} {params.script} --image {input:q} --out {output.image:q}"
         " --stats {output.stats:q} --settings {params.settings:q}"

@@ -6,6 +6,11 @@ rule provenance:
         "results/{sample}/provenance.json",
     log:
         "logs/provenance/{sample}.log",
+    conda:
+        "../../envs/imaging.yaml"
+    resources:
+        mem_mb=mem_mb(0.5),
+        runtime=runtime(),
     params:
         python=python_for("main"),
         script=script("provenance.py"),
@@ -13,11 +18,6 @@ rule provenance:
         config=json.dumps(config, sort_keys=True),
         inputs=lambda wc: SAMPLES[wc.sample].input_files(),
         repo=str(REPO),
-    resources:
-        mem_mb=mem_mb(0.5),
-        runtime=runtime(),
-    conda:
-        "../../envs/imaging.yaml"
     shell:
         "{params.python} {params.script} --sample {params.sample:q} --config {params.config:q}"
         " --inputs {params.inputs:q} --repo {params.repo:q} --out {output:q} --log {log:q}"
@@ -31,14 +31,14 @@ rule summary:
         "results/summary.md",
     log:
         "logs/summary.log",
+    conda:
+        "../../envs/imaging.yaml"
+    resources:
+        mem_mb=mem_mb(0.5),
+        runtime=runtime(),
     params:
         python=python_for("main"),
         script=script("summary.py"),
         samples=list(SAMPLES),
-    resources:
-        mem_mb=mem_mb(0.5),
-        runtime=runtime(),
-    conda:
-        "../../envs/imaging.yaml"
     shell:
         "{params.python} {params.script} --samples {params.samples:q} --out {output:q} --log {log:q}"

@@ -1,0 +1,110 @@
+"""Config and samples-sheet validation: every problem reported at once, defaults filled."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from snakescope.config import ConfigError, load, validate_config
+from snakescope.demo import SHEET_HEADER
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def write_sheet(path: Path, rows: list[dict]) -> Path:
+    lines = ["\t".join(SHEET_HEADER)] + ["\t".join(r.get(c, "") for c in SHEET_HEADER) for r in rows]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_repository_config_is_valid_and_defaults_fill(tmp_path):
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    filled, problems = validate_config(config)
+    assert problems == []
+    minimal, problems = validate_config({})
+    assert problems == []
+    assert minimal["normalize"] == {"method": "percentile", "low": 1.0, "high": 99.8, "scope": "channel", "mask_value": 0, "clip": False}
+    assert minimal["ingest"]["chunks"] == {"z": 16, "y": 512, "x": 512}
+
+
+def test_every_config_problem_reported_at_once():
+    _, problems = validate_config({
+        "normalize": {"low": 120, "scope": "galaxy", "hgih": 3},
+        "ingest": {"compression": "rar"},
+        "seed": -1,
+    })
+    text = "\n".join(problems)
+    assert "normalize.low" in text and "120" in text
+    assert "normalize.scope" in text and "galaxy" in text
+    assert "hgih" in text
+    assert "ingest.compression" in text
+    assert "'seed'" in text
+    assert len(problems) >= 5
+
+
+def test_low_must_be_below_high():
+    _, problems = validate_config({"normalize": {"low": 50, "high": 40}})
+    assert any("must be below" in p for p in problems)
+
+
+def test_sheet_rows_all_reported(tmp_path):
+    img = tmp_path / "a.tif"
+    img.write_bytes(b"")
+    sheet = write_sheet(tmp_path / "s.tsv", [
+        {"sample_id": "good", "image": str(img), "axes": "ZYX", "voxel_size": "2,0.5,0.5"},
+        {"sample_id": "bad axes", "image": str(img), "axes": "ZYQ"},
+        {"sample_id": "vox", "image": str(img), "axes": "TZYX", "voxel_size": "1,2"},
+        {"sample_id": "good", "image": str(img), "axes": "YX"},
+        {"sample_id": "ch", "image": str(img), "axes": "YX", "channel": "2"},
+        {"sample_id": "noimage", "axes": "YX"},
+    ])
+    with pytest.raises(ConfigError) as err:
+        load({"samples": str(sheet), "normalize": {"low": -1}})
+    problems = err.value.problems
+    text = str(err.value)
+    assert "nothing was run" in text
+    assert any("row 2" in p and "sample_id" in p for p in problems)  # space in the id
+    assert any("row 2" in p and "axes" in p for p in problems)
+    assert any("row 3 (sample 'vox')" in p and "2 values for the 3 spatial axes" in p for p in problems)
+    assert any("row 4" in p and "used twice" in p for p in problems)
+    assert any("row 5" in p and "no C" in p for p in problems)
+    assert any("row 6" in p and "'image' is a required property" in p for p in problems)
+    assert any("normalize.low" in p for p in problems)
+
+
+def test_missing_image_is_a_warning_not_an_error(tmp_path):
+    sheet = write_sheet(tmp_path / "s.tsv", [{"sample_id": "gone", "image": str(tmp_path / "gone.tif"), "axes": "YX"}])
+    _, samples, warnings = load({"samples": str(sheet)})
+    assert "gone" in samples
+    assert any("gone.tif not found" in w for w in warnings)
+
+
+def test_voxel_size_and_time_interval_parsed(tmp_path):
+    sheet = write_sheet(tmp_path / "s.tsv", [
+        {"sample_id": "a", "image": "x.tif", "axes": "TZYX", "voxel_size": "2,0.5,0.25", "time_interval": "30"},
+        {"sample_id": "b", "image": "x.tif", "axes": "YX", "voxel_size": "0.3"},
+    ])
+    _, samples, _ = load({"samples": str(sheet)})
+    assert samples["a"].voxel_size == {"z": 2.0, "y": 0.5, "x": 0.25, "t": 30.0}
+    assert samples["b"].voxel_size == {"y": 0.3, "x": 0.3}
+
+
+def test_unknown_sheet_column(tmp_path):
+    sheet = tmp_path / "s.tsv"
+    sheet.write_text("sample_id\timage\tcolour\na\tx.tif\tred\n")
+    with pytest.raises(ConfigError, match="unknown column"):
+        load({"samples": str(sheet)})
+
+
+def test_committed_demo_sheet_matches_the_generator(tmp_path):
+    """config/samples.tsv is what make_demo_data writes (nobody edits one and forgets the other)."""
+    from snakescope.demo import make_demo_data, write_sheet as demo_sheet
+
+    rows = make_demo_data(tmp_path / "resources" / "demo")
+    for row in rows:
+        for key, value in row.items():
+            row[key] = str(value).replace(str(tmp_path) + "/", "")
+    demo_sheet(rows, tmp_path / "sheet.tsv")
+    assert (tmp_path / "sheet.tsv").read_text() == (REPO / "config" / "samples.tsv").read_text()
