@@ -28,7 +28,7 @@ resources/demo/.done: src/snakescope/demo.py src/snakescope/synthetic.py | setup
 	touch $@
 
 demo: setup resources/demo/.done
-	$(SNAKEMAKE) --profile profiles/local
+	$(SNAKEMAKE) --profile profiles/local --configfile config/demo.yaml
 	@echo
 	@cat results/summary.md
 

@@ -41,6 +41,18 @@ class Sample:
     points: str | None = None
     target: str | None = None
 
+    def spatial_ndim(self) -> int:
+        """2 or 3, from the axes (or, where the sheet leaves them out, the file's metadata)."""
+        axes = self.axes
+        if not axes:
+            from .tiff import open_tiff
+
+            try:
+                axes = open_tiff(self.image, None).axes
+            except Exception:  # the ingest job reports the real problem
+                return 2
+        return 3 if "Z" in axes.upper() else 2
+
     def input_files(self) -> list[str]:
         """Every file this sample reads (for provenance checksums and rerun triggers)."""
         files = [str(p) for p in expand_image_path(self.image)]

@@ -77,3 +77,62 @@ def summary_step(args):
 
 def dumps(obj) -> str:
     return json.dumps(obj, sort_keys=True)
+
+
+def train_stardist_arguments(p):
+    p.add_argument("--sources", type=cli.json_arg, required=True, help="[{sample, image, labels, channel}] as JSON")
+    p.add_argument("--settings", type=cli.json_arg, required=True, help="the config's segmentation section")
+    p.add_argument("--split", required=True, help="split file: reused when it exists")
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--out", required=True)
+
+
+def train_stardist_step(args):
+    from . import segment
+    from .splits import make_or_load_split
+
+    cfg = args.settings
+    pairs = {}
+    for src in args.sources:
+        pairs.update(segment.load_pairs(segment.TrainingSource(**src)))
+    split = make_or_load_split(pairs, args.split, cfg.get("validation_fraction", 0.15), args.seed)
+    sd = cfg.get("stardist", {})
+    ndim = next(iter(pairs.values()))[0].ndim
+    segment.train_stardist(
+        pairs, args.out, split=split, n_rays=sd.get("n_rays", 32), grid=sd.get("grid"),
+        patch_size=sd.get("patch_size_3d" if ndim == 3 else "patch_size", [256, 256]),
+        epochs=sd.get("epochs", 100), steps_per_epoch=sd.get("steps_per_epoch", 100),
+        batch_size=sd.get("batch_size", 4), learning_rate=sd.get("learning_rate", 3e-4),
+        patience=sd.get("patience", 20), unet_n_depth=sd.get("unet_n_depth", 3),
+        augment=sd.get("augment", True), seed=args.seed)
+
+
+def segment_arguments(p):
+    p.add_argument("--model", required=True)
+    p.add_argument("--image", required=True)
+    p.add_argument("--channel", type=int, default=0)
+    p.add_argument("--settings", type=cli.json_arg, required=True)
+    p.add_argument("--out", required=True)
+
+
+def segment_step(args):
+    from . import segment
+
+    cfg = args.settings
+    segment.predict_stardist(args.model, args.image, args.out, channel=args.channel,
+                             prob_thresh=cfg.get("prob_thresh"), nms_thresh=cfg.get("nms_thresh"),
+                             block_size=cfg.get("block_size", 1024), min_overlap=cfg.get("min_overlap", 64),
+                             context=cfg.get("context"))
+
+
+def measure_arguments(p):
+    p.add_argument("--labels", required=True)
+    p.add_argument("--image", required=True)
+    p.add_argument("--channel", type=int, default=0)
+    p.add_argument("--out", required=True)
+
+
+def measure_step(args):
+    from .measure import measure
+
+    measure(args.labels, args.image, args.out, channel=args.channel)

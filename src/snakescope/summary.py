@@ -26,10 +26,20 @@ def _describe(path: Path) -> str:
         attrs_file = path / ".zattrs"
         if attrs_file.exists():
             attrs = json.loads(attrs_file.read_text())
+            if "labels" in attrs and "multiscales" not in attrs:
+                inner = path / "labels" / attrs["labels"][0]
+                counts = attrs.get("snakescope", {}).get("segmentation", {}).get("objects_per_frame", {})
+                level0 = json.loads((inner / "0" / ".zarray").read_text())
+                return f"labels {tuple(level0['shape'])}; {sum(counts.values())} objects in {len(counts)} frame(s)"
             ms = attrs.get("multiscales", [{}])[0]
             axes = "".join(a["name"] for a in ms.get("axes", []))
             level0 = json.loads((path / "0" / ".zarray").read_text())
             return f"{axes} {tuple(level0['shape'])} {level0['dtype'].lstrip('<>|')}, {len(ms.get('datasets', []))} levels"
+    if path.suffix == ".parquet":
+        import pandas as pd
+
+        table = pd.read_parquet(path)
+        return f"{len(table)} rows x {table.shape[1]} columns"
     if path.name == "normalization.json":
         stats = json.loads(path.read_text())
         g = stats["groups"][0]
@@ -39,6 +49,14 @@ def _describe(path: Path) -> str:
 
 def summarize(samples, results: Path) -> str:
     lines = ["# snakescope results", ""]
+    models = sorted((results / "models").glob("*/training.json")) if (results / "models").exists() else []
+    if models:
+        lines.append(f"## models  ({results}/models/)")
+        for info_file in models:
+            info = json.loads(info_file.read_text())
+            lines.append(f"  {info_file.parent.name:<28} trained on {info.get('n_train')} image(s) in {info.get('train_seconds', 0):.0f} s; "
+                         f"thresholds {info.get('thresholds')}; curve: {info_file.parent / 'history.png'}")
+        lines.append("")
     for sample in samples:
         folder = results / sample
         lines.append(f"## {sample}  ({folder}/)")

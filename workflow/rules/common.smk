@@ -78,3 +78,50 @@ def runtime(base_factor=1.0):
         return int(config["resources"]["runtime"] * base_factor * attempt)
 
     return scaled
+
+
+def analysis_image(wildcards):
+    """The image the analysis stages read: restored when restoration is on."""
+    return f"results/{wildcards.sample}/normalized.ome.zarr"
+
+
+def samples_of_ndim(ndim):
+    return [s for s in SAMPLES.values() if s.spatial_ndim() == int(ndim[0])]
+
+
+def training_samples(ndim):
+    """Samples with labels that train the {ndim} model (2d or 3d)."""
+    chosen = config["segmentation"]["train_samples"]
+    return [
+        s
+        for s in samples_of_ndim(ndim)
+        if s.labels and (chosen == "all" or s.sample_id in chosen)
+    ]
+
+
+def training_sources(ndim):
+    return json.dumps(
+        [
+            {
+                "sample": s.sample_id,
+                "image": f"results/{s.sample_id}/normalized.ome.zarr",
+                "labels": s.labels,
+                "channel": s.channel,
+            }
+            for s in training_samples(ndim)
+        ],
+        sort_keys=True,
+    )
+
+
+def segmentation_model(wildcards):
+    """A pretrained model folder from the config, or the one this workflow trains."""
+    ndim = f"{SAMPLES[wildcards.sample].spatial_ndim()}d"
+    pretrained = config["segmentation"][f"model_{ndim}"]
+    return pretrained or f"results/models/stardist_{ndim}"
+
+
+def segmentation_outputs():
+    if config["segmentation"]["method"] == "none":
+        return []
+    return expand("results/{sample}/objects.parquet", sample=SAMPLES)

@@ -27,6 +27,7 @@ rule summary:
     input:
         expand("results/{sample}/normalized.ome.zarr", sample=SAMPLES),
         expand("results/{sample}/provenance.json", sample=SAMPLES),
+        segmentation_outputs(),
     output:
         "results/summary.md",
     log:

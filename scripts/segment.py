@@ -1,0 +1,10 @@
+#!/usr/bin/env python3
+"""Rule entry point: StarDist instance segmentation of every frame -> results/{sample}/labels.ome.zarr (NGFF labels)."""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+from snakescope import cli, steps  # noqa: E402
+
+cli.main(steps.segment_step, __doc__, steps.segment_arguments)

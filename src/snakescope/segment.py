@@ -1,0 +1,306 @@
+"""StarDist segmentation: training from dense labels, thresholds, blockwise prediction.
+
+The model-facing parts follow the StarDist example notebooks (fill label holes, random
+flips/rotations and intensity augmentation, optimize_thresholds on the validation set);
+what this module adds is reading training pairs from the workflow's NGFF images, a split
+saved once, early stopping, curves, atomic model folders, and prediction into NGFF labels
+for frames of any size through ``predict_instances_big`` with a Zarr array as output.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from . import ngff
+from .atomic import atomic_path, write_json
+from .errors import InputError
+from .frames import FrameView, frames, spatial_axes
+
+log = logging.getLogger(__name__)
+
+
+# ---------------------------------------------------------------------------------------
+# Training data
+
+
+@dataclass
+class TrainingSource:
+    """One sample's image (normalized or restored NGFF) and its ground-truth labels file."""
+
+    sample: str
+    image: str
+    labels: str
+    channel: int = 0
+
+
+def read_labels(path: str, expected_shape, where: str) -> np.ndarray:
+    """Ground-truth labels (TIFF or glob of TIFFs), checked against the image's shape."""
+    import tifffile
+
+    from .tiff import expand_image_path
+
+    files = expand_image_path(path)
+    if not files or not all(f.exists() for f in files):
+        raise InputError(path, "labels file not found")
+    try:
+        labels = tifffile.imread([str(f) for f in files]) if len(files) > 1 else tifffile.imread(str(files[0]))
+    except Exception as exc:
+        raise InputError(path, f"cannot read labels ({type(exc).__name__}: {exc})") from None
+    labels = np.asarray(labels)
+    if labels.dtype.kind not in "ui":
+        raise InputError(path, f"labels must be an integer image (got {labels.dtype}); is this an intensity image?")
+    if tuple(labels.shape) != tuple(expected_shape):
+        squeezed = np.squeeze(labels)
+        if squeezed.shape == tuple(expected_shape):
+            labels = squeezed
+        else:
+            raise InputError(path, f"labels shape {tuple(labels.shape)} differs from the image shape {tuple(expected_shape)} of {where}")
+    return labels
+
+
+def load_pairs(source: TrainingSource) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """{'sample:tN' or 'sample': (image frame float32, labels frame)} for one sample."""
+    image = ngff.read_image(source.image)
+    label_axes = image.axes.replace("c", "")
+    label_shape = tuple(s for a, s in zip(image.axes, image.shape) if a != "c")
+    labels = read_labels(source.labels, label_shape, f"sample {source.sample} ({source.image})")
+    pairs = {}
+    for t, index in frames(image.axes, image.shape, source.channel):
+        x = np.asarray(image.data[index], dtype=np.float32)
+        y = labels[t] if "t" in label_axes else labels
+        key = f"{source.sample}:t{t}" if t is not None else source.sample
+        pairs[key] = (x, y)
+    if not any(np.any(y > 0) for _, y in pairs.values()):
+        raise InputError(source.labels, f"no objects in the training labels of sample {source.sample}")
+    return pairs
+
+
+def augmenter(seed: int, ndim: int):
+    """Flips, 90-degree rotations (in the YX plane), intensity scale/shift and noise."""
+    rng = np.random.default_rng(seed)
+
+    def augment(x, y):
+        yx = (x.ndim - 2, x.ndim - 1)
+        k = int(rng.integers(4))
+        x, y = np.rot90(x, k, axes=yx), np.rot90(y, k, axes=yx)
+        for axis in range(x.ndim):
+            if rng.random() < 0.5:
+                x, y = np.flip(x, axis), np.flip(y, axis)
+        x = x * rng.uniform(0.6, 1.6) + rng.uniform(-0.2, 0.2)
+        x = x + rng.normal(0, rng.uniform(0, 0.05), x.shape)
+        return np.ascontiguousarray(x, dtype=np.float32), np.ascontiguousarray(y)
+
+    return augment
+
+
+# ---------------------------------------------------------------------------------------
+# Training
+
+
+def _patch_size(shapes, wanted, multiple: int = 16):
+    smallest = np.min(np.array(shapes), axis=0)
+    patch = []
+    for want, have in zip(wanted, smallest):
+        size = min(int(want), int(have))
+        patch.append(max(multiple, size // multiple * multiple) if size >= multiple else int(have))
+    return tuple(patch)
+
+
+def qc_field_of_view(model, labels_list) -> list[str]:
+    """Warn when objects are bigger than what the network sees (then rescale the images)."""
+    from stardist import calculate_extents
+
+    median = np.array(calculate_extents(list(labels_list), np.median))
+    axes = "ZYX"[-len(median):]
+    fov = np.array(model._axes_tile_overlap(axes))
+    warnings = []
+    if np.any(median > fov):
+        factor = float(np.min(fov / np.maximum(median, 1)))
+        warnings.append(
+            f"median object size {median.tolist()} px exceeds the network's field of view {fov.tolist()} px: "
+            f"downscale the images by about {factor:.2f} (or use a larger grid / deeper U-Net)")
+    return warnings
+
+
+def train_stardist(pairs: dict, out_dir: str | Path, *, split: dict, voxel_size=None, n_rays: int = 32,
+                   grid=None, patch_size=(256, 256), epochs: int = 100, steps_per_epoch: int = 100,
+                   batch_size: int = 4, learning_rate: float = 3e-4, patience: int = 20,
+                   unet_n_depth: int = 3, augment: bool = True, seed: int = 42) -> dict:
+    """Train a 2D or 3D StarDist model on ``pairs`` (key -> (image, labels)); write its folder.
+
+    The folder holds config.json, weights_best.h5, weights_last.h5 and thresholds.json (the
+    StarDist layout, so pretrained models load the same way), plus history.csv, history.png
+    and training.json (split sizes, thresholds, QC warnings, seconds).
+    """
+    import keras
+    from csbdeep.utils import normalize  # noqa: F401  (imports csbdeep's TF set-up)
+    from stardist import fill_label_holes
+
+    from .curves import plot_curves
+
+    keras.utils.set_random_seed(seed)
+    np.random.seed(seed)
+    train_keys = [k for k in split["train"] if k in pairs]
+    val_keys = [k for k in split["validation"] if k in pairs]
+    if not train_keys:
+        raise InputError(out_dir, "no training images: give samples with labels in the samples sheet")
+    notes = []
+    if not val_keys:
+        val_keys = train_keys
+        notes.append("only one labelled image: validation and thresholds use the training image")
+    X = [pairs[k][0] for k in train_keys]
+    Y = [fill_label_holes(pairs[k][1].astype(np.int32)) for k in train_keys]
+    Xv = [pairs[k][0] for k in val_keys]
+    Yv = [fill_label_holes(pairs[k][1].astype(np.int32)) for k in val_keys]
+    ndim = X[0].ndim
+    if any(x.ndim != ndim for x in X + Xv):
+        raise InputError(out_dir, "training images mix 2D and 3D frames; train one model per dimensionality")
+
+    patch = _patch_size([x.shape for x in X + Xv], patch_size[-ndim:] if len(patch_size) >= ndim else (patch_size[0],) * ndim)
+    final = Path(out_dir)
+    with atomic_path(final) as tmp:
+        model = _build(ndim, tmp, n_rays=n_rays, grid=grid, voxel_size=voxel_size, patch=patch,
+                       epochs=epochs, steps=steps_per_epoch, batch=batch_size, lr=learning_rate,
+                       depth=unet_n_depth, labels=Y)
+        notes += qc_field_of_view(model, Y)
+        for note in notes:
+            log.warning("%s", note)
+        model.prepare_for_training()
+        model.callbacks.append(keras.callbacks.CSVLogger(str(tmp / "history.csv")))
+        if patience:
+            model.callbacks.append(keras.callbacks.EarlyStopping(monitor="val_loss", patience=patience))
+        start = time.perf_counter()
+        model.train(X, Y, validation_data=(Xv, Yv), augmenter=augmenter(seed, ndim) if augment else None,
+                    epochs=epochs, steps_per_epoch=steps_per_epoch, seed=seed)
+        seconds = time.perf_counter() - start
+        model.keras_model.save_weights(str(tmp / "weights_last.h5"))
+        model.load_weights("weights_best.h5")
+        thresholds = model.optimize_thresholds(Xv, Yv, predict_kwargs={"show_tile_progress": False})
+        plot_curves(tmp / "history.csv", tmp / "history.png", title="StarDist training")
+        summary = {
+            "kind": "stardist", "ndim": ndim, "n_train": len(X), "n_validation": len(Xv),
+            "train_keys": train_keys, "validation_keys": val_keys, "patch_size": list(patch),
+            "thresholds": thresholds, "train_seconds": seconds, "notes": notes, "seed": seed,
+        }
+        write_json(tmp / "training.json", summary)
+    return summary
+
+
+def _build(ndim, folder: Path, *, n_rays, grid, voxel_size, patch, epochs, steps, batch, lr, depth, labels):
+    from stardist.models import Config2D, Config3D, StarDist2D, StarDist3D
+
+    common = dict(n_channel_in=1, train_patch_size=patch, train_batch_size=batch, train_epochs=epochs,
+                  train_steps_per_epoch=steps, train_learning_rate=lr, train_tensorboard=False,
+                  unet_n_depth=depth, use_gpu=False)
+    if ndim == 2:
+        config = Config2D(n_rays=n_rays, grid=tuple(grid or (2, 2)), **common)
+        return StarDist2D(config, name=folder.name, basedir=str(folder.parent))
+    from stardist import Rays_GoldenSpiral, calculate_extents
+
+    extents = np.array(calculate_extents(list(labels)))
+    anisotropy = tuple(float(np.max(extents) / e) for e in extents)
+    grid = tuple(grid or tuple(1 if a > 1.5 else 2 for a in anisotropy))
+    config = Config3D(rays=Rays_GoldenSpiral(n_rays, anisotropy=anisotropy), grid=grid, anisotropy=anisotropy, **common)
+    return StarDist3D(config, name=folder.name, basedir=str(folder.parent))
+
+
+# ---------------------------------------------------------------------------------------
+# Prediction
+
+
+def load_model(model_dir: str | Path):
+    """A StarDist model folder (trained here, or a published one such as 2D_versatile_fluo)."""
+    from stardist.models import StarDist2D, StarDist3D
+
+    model_dir = Path(model_dir)
+    config_file = model_dir / "config.json"
+    if not config_file.exists():
+        raise InputError(model_dir, "not a StarDist model folder (config.json missing)")
+    weights = [w for w in ("weights_best.h5", "weights_last.h5") if (model_dir / w).exists()]
+    if not weights:
+        raise InputError(model_dir, "no weights in the model folder (weights_best.h5 or weights_last.h5)")
+    n_dim = json.loads(config_file.read_text()).get("n_dim", 2)
+    cls = StarDist3D if n_dim == 3 else StarDist2D
+    try:
+        model = cls(None, name=model_dir.name, basedir=str(model_dir.parent))
+        model.load_weights(weights[0])
+    except Exception as exc:
+        raise InputError(model_dir, f"incompatible StarDist model ({type(exc).__name__}: {exc})") from None
+    return model
+
+
+def check_thresholds(prob_thresh, nms_thresh) -> None:
+    for name, value in (("prob_thresh", prob_thresh), ("nms_thresh", nms_thresh)):
+        if value is not None and not 0 < float(value) < 1:
+            raise InputError(f"segmentation.{name}", f"{value} is out of range: thresholds lie strictly between 0 and 1")
+
+
+def predict_stardist(model_dir, image_path, out_path, *, channel: int = 0, prob_thresh=None, nms_thresh=None,
+                     block_size: int = 1024, min_overlap: int = 64, context: int | None = None,
+                     name: str = "segmentation") -> dict:
+    """Segment every frame of an NGFF image into NGFF labels (``out_path``), block by block.
+
+    Frames larger than ``block_size`` go through ``predict_instances_big``: blocks overlap by
+    ``min_overlap`` (at least the largest object) and see ``context`` extra pixels, each
+    object is kept by the one block responsible for it, so none is cut or duplicated, and
+    the labels are written straight into the Zarr array (memory bounded by the block size).
+    """
+    check_thresholds(prob_thresh, nms_thresh)
+    model = load_model(model_dir)
+    image = ngff.read_image(image_path)
+    spatial = spatial_axes(image.axes).upper()
+    if len(spatial) != model.config.n_dim:
+        raise InputError(image_path, f"a {model.config.n_dim}D model cannot segment {len(spatial)}D frames (axes {image.axes})")
+    thresholds = dict(model.thresholds._asdict()) if getattr(model, "thresholds", None) else {}
+    kwargs = {"prob_thresh": prob_thresh if prob_thresh is not None else thresholds.get("prob"),
+              "nms_thresh": nms_thresh if nms_thresh is not None else thresholds.get("nms")}
+    label_axes = image.axes.replace("c", "")
+    label_shape = tuple(s for a, s in zip(image.axes, image.shape) if a != "c")
+    label_chunks = tuple(c for a, c in zip(image.axes, image.data.chunks) if a != "c")
+    counts = {}
+    with atomic_path(out_path) as tmp:
+        root = ngff.open_group(tmp, "w")
+        root.attrs["labels"] = [name]
+        group = root.create_group("labels").create_group(name)
+        shapes = ngff.pyramid_shapes(label_axes, label_shape, "auto")
+        levels = ngff.create_levels(group, shapes, label_chunks, np.uint32, "lz4")
+        for t, index in frames(image.axes, image.shape, channel):
+            frame = FrameView(image.data, index)
+            out = FrameView(levels[0], (t,) if t is not None else ())
+            if max(frame.shape[-2:]) <= block_size:
+                labels, _ = model.predict_instances(frame[...], axes=spatial, **kwargs)
+                out[...] = labels.astype(np.uint32)
+                n = int(labels.max())
+            else:
+                ctx = context if context is not None else None
+                labels, details = model.predict_instances_big(
+                    frame, axes=spatial, block_size=_block(block_size, spatial), min_overlap=min_overlap,
+                    context=ctx, labels_out=out, show_progress=False, **kwargs)
+                n = len(details["prob"])
+            counts[str(t) if t is not None else "0"] = n
+            log.info("frame %s: %d objects", t, n)
+        ngff.write_pyramid(group, label_axes, shapes, label_chunks, np.uint32, "lz4", 2, "nearest")
+        group.attrs["multiscales"] = [ngff.multiscales_metadata(label_axes, [s for a, s in zip(image.axes, image.scale) if a != "c"], len(shapes), name, method="nearest")]
+        group.attrs["image-label"] = {"version": ngff.NGFF_VERSION, "source": {"image": "../../"}}
+        summary = {"model": str(model_dir), "thresholds": kwargs, "objects_per_frame": counts}
+        root.attrs["snakescope"] = {"segmentation": summary}
+    return summary
+
+
+def _block(block_size: int, spatial: str):
+    if len(spatial) == 3:
+        return (min(block_size, 64), block_size, block_size)
+    return block_size
+
+
+def read_labels_image(path: str | Path) -> ngff.NgffImage:
+    """The label image inside a labels.ome.zarr written by ``predict_stardist`` or the U-Net."""
+    root = ngff.open_group(path, "r")
+    name = root.attrs["labels"][0]
+    return ngff.read_image(Path(path) / "labels" / name)

@@ -1,0 +1,283 @@
+"""3-class U-Net: targets, training on real nuclei, blockwise prediction, split, bad input."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import tifffile
+from scipy import ndimage
+from stardist import data as stardist_data
+
+from snakescope.errors import InputError
+from snakescope.evaluate import instance_metrics
+from snakescope.unet import (UNet, architecture_for, build_keras_model, labels_to_classes, load_unet,
+                             normalize_percentile, patch_batches, predict_instances, predict_probabilities,
+                             probabilities_to_instances, read_pairs, receptive_field_radius, train_unet)
+
+TINY = {"n_depth": 2, "n_filter_base": 8}
+SPLIT = {"train": ["q00", "q01", "q10"], "validation": ["q11"]}
+
+
+def quadrants():
+    image, labels = stardist_data.test_image_nuclei_2d(return_mask=True)
+    image = normalize_percentile(image)
+    return {f"q{i}{j}": (image[256 * i:256 * (i + 1), 256 * j:256 * (j + 1)],
+                         labels[256 * i:256 * (i + 1), 256 * j:256 * (j + 1)]) for i in range(2) for j in range(2)}
+
+
+@pytest.fixture(scope="module")
+def nuclei_pairs():
+    return quadrants()
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, nuclei_pairs):
+    """A tiny U-Net trained for seconds on three quadrants of StarDist's real nuclei image;
+    the fourth quadrant (q11) is held out for validation and scoring."""
+    out = tmp_path_factory.mktemp("unet") / "model"
+    config = train_unet(nuclei_pairs, out, split=SPLIT, architecture=TINY, patch_shape=(64, 64), batch_size=8,
+                        epochs=12, steps_per_epoch=15, learning_rate=3e-3, patience=5, seed=7)
+    return out, config
+
+
+def tiny_frames(n=4, seed=0):
+    from snakescope.synthetic import make_timelapse
+
+    tl = make_timelapse(ndim=2, n_frames=n, shape=(64, 64), n_cells=6, seed=seed)
+    image = tl.image.reshape((n,) + tl.image.shape[-2:])
+    return {f"t{t}": (normalize_percentile(image[t]), tl.labels[t].reshape(image.shape[-2:])) for t in range(n)}
+
+
+def quick_train(pairs, out, **kw):
+    settings = dict(architecture={"n_depth": 1, "n_filter_base": 4}, patch_shape=(32, 32), batch_size=2, epochs=1,
+                    steps_per_epoch=1, optimize_thresholds=False)
+    return train_unet(pairs, out, **{**settings, **kw})
+
+
+# ---------------------------------------------------------------------------------------
+# Targets and post-processing
+
+
+def test_touching_squares_get_a_contour_line_between_them():
+    labels = np.zeros((20, 34), np.uint16)
+    labels[4:14, 4:14] = 5
+    labels[4:14, 14:24] = 9  # touches the first square along a column
+    classes = labels_to_classes(labels)
+    expected = np.zeros_like(classes)
+    for sl in ((slice(4, 14), slice(4, 14)), (slice(4, 14), slice(14, 24))):
+        expected[sl] = 1
+        expected[sl[0].start + 1:sl[0].stop - 1, sl[1].start + 1:sl[1].stop - 1] = 2
+    assert classes.dtype == np.uint8
+    assert np.array_equal(classes, expected)
+    assert (classes[4:14, 13] == 1).all() and (classes[4:14, 14] == 1).all()  # the line between them
+    _, n_bodies = ndimage.label(classes == 2)
+    assert n_bodies == 2  # the bodies stay apart, so they seed two instances
+
+
+def test_classes_in_3d_and_for_thin_objects():
+    labels = np.zeros((6, 12, 20), np.int32)
+    labels[1:5, 2:8, 2:10] = 1
+    labels[1:5, 2:8, 10:18] = 2
+    labels[0, 10, 2:12] = 3  # a one-voxel-thin line: all boundary
+    classes = labels_to_classes(labels)
+    assert set(np.unique(classes[labels == 1])) == {1, 2}
+    assert (classes[2:4, 3:7, 9] == 1).all() and (classes[2:4, 3:7, 10] == 1).all()
+    _, n_bodies = ndimage.label(classes == 2)
+    assert n_bodies == 3  # the thin object keeps one body voxel as its seed
+    assert np.count_nonzero(classes[labels == 3] == 2) == 1
+    assert (classes[labels == 0] == 0).all()
+
+
+def test_probabilities_to_instances_splits_touching_objects():
+    yy, xx = np.mgrid[:40, :60]
+    prob = np.zeros((40, 60, 3), np.float32)
+    prob[..., 0] = 1
+    for cx in (20, 36):  # two discs that touch around x = 28
+        d = np.hypot(yy - 20, xx - cx)
+        prob[d < 8] = (0, 1, 0)
+        prob[d < 6] = (0, 0, 1)
+    prob[30:34, 50:54] = (0, 1, 0)  # contour without body: no seed, no object
+    labels = probabilities_to_instances(prob, 0.5, 0.5, min_size=5)
+    assert labels.dtype == np.int32 and labels.max() == 2
+    assert labels[20, 20] != labels[20, 36] and labels[20, 20] > 0 and labels[20, 36] > 0
+    assert labels[32, 52] == 0
+    assert np.count_nonzero(labels) == np.count_nonzero(prob[..., 0] < 0.5) - 16
+
+
+def test_patch_batches_are_seeded_and_augmented(nuclei_pairs):
+    images = [x for x, _ in nuclei_pairs.values()]
+    classes = [labels_to_classes(y) for _, y in nuclei_pairs.values()]
+    aug = {"flip": True, "rot90": True, "intensity_scale": [0.8, 1.2], "intensity_shift": [-0.1, 0.1], "noise_std": 0.05}
+    a = next(patch_batches(images, classes, (32, 32), 4, seed=3, augment=aug))
+    b = next(patch_batches(images, classes, (32, 32), 4, seed=3, augment=aug))
+    c = next(patch_batches(images, classes, (32, 32), 4, seed=4, augment=aug))
+    assert a[0].shape == (4, 32, 32, 1) and a[1].dtype == np.uint8
+    assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
+    assert not np.array_equal(a[0], c[0])
+    assert set(np.unique(a[1])) <= {0, 1, 2}
+
+
+# ---------------------------------------------------------------------------------------
+# Training on real nuclei
+
+
+@pytest.mark.slow
+def test_trained_model_folder(trained):
+    out, config = trained
+    for name in ("best.weights.h5", "last.weights.h5", "config.json", "split.json", "history.csv", "history.png",
+                 "validation_metrics.csv", "confusion.csv", "confusion.png"):
+        assert (out / name).stat().st_size > 0, name
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["architecture"]["n_filter_base"] == 8 and saved["architecture"]["ndim"] == 2
+    assert saved["training"]["validation"] == ["q11"] and saved["training"]["train"] == ["q00", "q01", "q10"]
+    weights = saved["training"]["class_weights"]
+    assert weights[1] > weights[2] > weights[0]  # the thin contour class is the rarest
+    history = pd.read_csv(out / "history.csv")
+    assert {"loss", "val_loss"} <= set(history.columns)
+    assert len(history) == saved["training"]["epochs_run"] >= 2
+    assert history["val_loss"].iloc[-1] < history["val_loss"].iloc[0]  # it learned something
+    assert not list(out.parent.glob("*.partial-*"))
+    cm = pd.read_csv(out / "confusion.csv", index_col=0)
+    assert list(cm.columns) == ["background", "contour", "body"]
+    assert cm.to_numpy().sum() == 256 * 256
+
+
+@pytest.mark.slow
+def test_trained_model_segments_held_out_nuclei(trained, nuclei_pairs):
+    from skimage.filters import threshold_otsu
+
+    out, config = trained
+    image, gt = nuclei_pairs["q11"]
+    labels = predict_instances(out, image)
+    f1 = float(instance_metrics(gt, labels, (0.5,))["f1"].iloc[0])
+    baseline, _ = ndimage.label(image > threshold_otsu(image))  # threshold + connected components
+    f1_baseline = float(instance_metrics(gt, baseline, (0.5,))["f1"].iloc[0])
+    print(f"U-Net F1@0.5 on the held-out quadrant: {f1:.3f} (Otsu baseline {f1_baseline:.3f})")
+    assert f1 > 0.5
+    assert f1 > f1_baseline + 0.2
+    assert config["validation"]["f1@0.5"] == pytest.approx(f1, abs=1e-6)  # same tuned thresholds
+    assert config["validation"]["class_iou"]["body"] > 0.5
+    # a time-lapse (leading T axis) gives one label image per frame
+    stack = predict_instances(out, np.stack([image, image]))
+    assert stack.shape == (2,) + image.shape and np.array_equal(stack[0], labels)
+
+
+@pytest.mark.slow
+def test_blockwise_prediction_equals_whole_image(trained, nuclei_pairs):
+    zarr = pytest.importorskip("zarr")
+    out, _ = trained
+    model = load_unet(out)
+    image = nuclei_pairs["q00"][0][:250, :237]  # not a multiple of the pooling grid
+    whole = predict_probabilities(model, image, block_shape=None)
+    assert whole.shape == image.shape + (3,) and np.allclose(whole.sum(-1), 1, atol=1e-5)
+    blocks = predict_probabilities(model, image, block_shape=(64, 80))
+    assert np.allclose(blocks, whole, atol=1e-5)
+    # without a halo the block borders show, so the halo is what makes them equal
+    assert np.abs(predict_probabilities(model, image, block_shape=(64, 80), halo=0) - whole).max() > 1e-3
+    # image and output as Zarr arrays: written block by block
+    z_in = zarr.create_array(store={}, shape=image.shape, chunks=(64, 64), dtype="float32")
+    z_in[...] = image
+    z_out = zarr.create_array(store={}, shape=image.shape + (3,), chunks=(64, 64, 3), dtype="float32")
+    predict_probabilities(model, z_in, block_shape=(96, 96), out=z_out)
+    assert np.allclose(z_out[...], whole, atol=1e-5)
+    # last weights load from the same config
+    assert load_unet(out, weights="last").keras_model.count_params() == model.keras_model.count_params()
+
+
+@pytest.mark.slow
+def test_blockwise_3d_anisotropic_equals_whole_volume():
+    import keras
+
+    keras.utils.set_random_seed(0)
+    arch = architecture_for(3, {"n_filter_base": 4, "pool_size": (1, 2, 2)})
+    model = UNet({"architecture": arch}, build_keras_model(arch))
+    assert receptive_field_radius(arch)[0] < receptive_field_radius(arch)[1]
+    volume = np.random.default_rng(1).random((10, 60, 70)).astype(np.float32)
+    whole = predict_probabilities(model, volume, block_shape=None)
+    blocks = predict_probabilities(model, volume, block_shape=(6, 40, 40))
+    assert np.allclose(blocks, whole, atol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------
+# Split
+
+
+@pytest.mark.slow
+def test_split_saved_and_reused(tmp_path):
+    pairs = tiny_frames()
+    split_file = tmp_path / "unet_split.json"
+    first = quick_train(pairs, tmp_path / "a", split_file=split_file, validation_fraction=0.25, seed=1)
+    saved = json.loads(split_file.read_text())
+    assert sorted(saved["train"] + saved["validation"]) == sorted(pairs)
+    assert saved["validation"] and saved["train"]
+    assert first["training"]["validation"] == saved["validation"]
+    assert json.loads((tmp_path / "a" / "split.json").read_text())["validation"] == saved["validation"]
+
+    # a different seed and fraction would split differently, but the saved split wins
+    custom = {"train": ["t0", "t2", "t3"], "validation": ["t1"], "seed": 1, "validation_fraction": 0.25}
+    split_file.write_text(json.dumps(custom))
+    again = quick_train(pairs, tmp_path / "b", split_file=split_file, validation_fraction=0.5, seed=99)
+    assert again["training"]["validation"] == ["t1"] and again["training"]["train"] == ["t0", "t2", "t3"]
+
+    # without split_file, retraining in the same folder reuses the folder's split.json
+    (tmp_path / "b" / "split.json").write_text(json.dumps({**custom, "train": ["t1", "t2", "t3"], "validation": ["t0"]}))
+    third = quick_train(pairs, tmp_path / "b", seed=5, validation_fraction=0.5)
+    assert third["training"]["validation"] == ["t0"]
+    assert json.loads((tmp_path / "b" / "split.json").read_text())["validation"] == ["t0"]
+
+
+# ---------------------------------------------------------------------------------------
+# Bad input
+
+
+def test_bad_training_pairs_name_the_sample(tmp_path):
+    image = np.random.default_rng(0).random((32, 32)).astype(np.float32)
+    labels = np.zeros((32, 32), np.uint16)
+    labels[5:15, 5:15] = 1
+    good = {"good": (image, labels)}
+    with pytest.raises(InputError, match=r"sample_B.*\(32, 30\).*\(32, 32\)"):
+        train_unet({**good, "sample_B": (image, labels[:, :30])}, tmp_path / "m")
+    with pytest.raises(InputError, match=r"sample_C.*float64.*integer"):
+        train_unet({**good, "sample_C": (image, labels.astype(np.float64))}, tmp_path / "m")
+    with pytest.raises(InputError, match=r"sample_D.*no objects"):
+        train_unet({**good, "sample_D": (image, np.zeros_like(labels))}, tmp_path / "m")
+    with pytest.raises(InputError, match="2D and 3D"):
+        train_unet({**good, "vol": (np.stack([image] * 4), np.stack([labels] * 4))}, tmp_path / "m")
+    assert not (tmp_path / "m").exists()  # nothing written for bad input
+    with pytest.raises(InputError, match="not a U-Net model folder"):
+        load_unet(tmp_path)
+    with pytest.raises(InputError, match=r"image.*2D U-Net.*\(4, 32, 32, 2\)"):
+        predict_probabilities(UNet({"architecture": architecture_for(2, TINY)}, None), np.zeros((4, 32, 32, 2)))
+
+
+def test_bad_label_files_are_named(tmp_path):
+    image = (np.random.default_rng(0).random((40, 50)) * 255).astype(np.uint8)
+    labels = np.zeros((40, 50), np.uint16)
+    labels[10:20, 10:30] = 4
+    tifffile.imwrite(tmp_path / "img.tif", image)
+    tifffile.imwrite(tmp_path / "ok_labels.tif", labels)
+    tifffile.imwrite(tmp_path / "cropped_labels.tif", labels[:, :45])
+    tifffile.imwrite(tmp_path / "float_labels.tif", labels.astype(np.float32))
+    pairs = read_pairs([tmp_path / "img.tif"], [tmp_path / "ok_labels.tif"])
+    x, y = pairs["img"]
+    assert x.dtype == np.float32 and np.array_equal(y, labels)
+    with pytest.raises(InputError, match=r"cropped_labels\.tif.*\(40, 45\).*\(40, 50\)"):
+        read_pairs([tmp_path / "img.tif"], [tmp_path / "cropped_labels.tif"])
+    with pytest.raises(InputError, match=r"float_labels\.tif.*float32"):
+        read_pairs([tmp_path / "img.tif"], [tmp_path / "float_labels.tif"])
+
+
+def test_real_dsb_pairs_load():
+    from conftest import shared_dataset
+
+    folder = shared_dataset("dsb2018-fluo")
+    masks = sorted((folder / "masks").glob("*.tif"))[:3]
+    pairs = read_pairs([folder / "images" / m.name for m in masks], masks)
+    assert sorted(pairs) == sorted(m.stem for m in masks)
+    for x, y in pairs.values():
+        assert x.shape == y.shape and x.dtype == np.float32 and y.max() > 0
+        classes = labels_to_classes(y)
+        assert np.count_nonzero(classes == 1) > 0 and np.count_nonzero(classes == 2) > 0
