@@ -15,7 +15,11 @@ from snakescope.errors import InputError
 from snakescope.evaluate import instance_metrics
 from snakescope.unet import (UNet, architecture_for, build_keras_model, labels_to_classes, load_unet,
                              normalize_percentile, patch_batches, predict_instances, predict_probabilities,
-                             probabilities_to_instances, read_pairs, receptive_field_radius, train_unet)
+                             probabilities_to_instances, read_pairs, receptive_field_radius, resolve_split,
+                             train_unet)
+
+# Keras 3.15 converts its own variables with np.array(copy=False) semantics numpy 2 warns about
+pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword")
 
 TINY = {"n_depth": 2, "n_filter_base": 8}
 SPLIT = {"train": ["q00", "q01", "q10"], "validation": ["q11"]}
@@ -39,7 +43,7 @@ def trained(tmp_path_factory, nuclei_pairs):
     the fourth quadrant (q11) is held out for validation and scoring."""
     out = tmp_path_factory.mktemp("unet") / "model"
     config = train_unet(nuclei_pairs, out, split=SPLIT, architecture=TINY, patch_shape=(64, 64), batch_size=8,
-                        epochs=12, steps_per_epoch=15, learning_rate=3e-3, patience=5, seed=7)
+                        epochs=10, steps_per_epoch=12, learning_rate=3e-3, patience=5, seed=7)
     return out, config
 
 
@@ -222,11 +226,23 @@ def test_split_saved_and_reused(tmp_path):
     again = quick_train(pairs, tmp_path / "b", split_file=split_file, validation_fraction=0.5, seed=99)
     assert again["training"]["validation"] == ["t1"] and again["training"]["train"] == ["t0", "t2", "t3"]
 
-    # without split_file, retraining in the same folder reuses the folder's split.json
-    (tmp_path / "b" / "split.json").write_text(json.dumps({**custom, "train": ["t1", "t2", "t3"], "validation": ["t0"]}))
-    third = quick_train(pairs, tmp_path / "b", seed=5, validation_fraction=0.5)
-    assert third["training"]["validation"] == ["t0"]
-    assert json.loads((tmp_path / "b" / "split.json").read_text())["validation"] == ["t0"]
+
+
+def test_previous_folder_split_reused(tmp_path):
+    keys = [f"s{i}" for i in range(10)]
+    fresh = resolve_split(keys, tmp_path / "model", tmp_path / "new", validation_fraction=0.3, seed=1)
+    assert (tmp_path / "new" / "split.json").exists() and len(fresh[1]) >= 1
+    assert resolve_split(keys, tmp_path / "model", tmp_path / "again", validation_fraction=0.3, seed=1) == fresh
+    # a previous training's folder holds a split: a new seed and fraction do not change it
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "split.json").write_text(json.dumps({"train": keys[1:], "validation": ["s0"]}))
+    train, val, _ = resolve_split(keys + ["s10"], tmp_path / "model", tmp_path / "tmp", validation_fraction=0.9, seed=7)
+    assert val[:1] == ["s0"] and set(keys[1:]) <= set(train)  # known samples keep their set
+    assert "s10" in train + val  # a new sample is placed, once
+    saved = json.loads((tmp_path / "tmp" / "split.json").read_text())
+    assert saved["validation"] == val and saved["train"] == train
+    with pytest.raises(InputError, match="neither"):
+        resolve_split(keys, tmp_path, tmp_path / "x", split={"train": keys[:3], "validation": keys[3:5]})
 
 
 # ---------------------------------------------------------------------------------------

@@ -1041,7 +1041,12 @@ def train_classifier(
     epochs, or when ``time_budget_s`` (wall clock) is spent; ``reduce_lr_patience`` halves
     the learning rate on plateaus. ``pretrained_weights``/``backbone``: see the module
     docstring. ``time_window`` and ``patch_size`` (the patch geometry, recorded for
-    :func:`classify_objects`) default to 0 and the input's spatial shape.
+    :func:`classify_objects`) default to 0 and the input's spatial shape. ``tta`` averages
+    the test predictions over flips and rotations.
+
+    The loss and accuracy in ``training_log.csv`` are weighted as the training is: with
+    ``"weights"`` or ``"sampling"`` the validation accuracy is a class-balanced accuracy,
+    and early stopping and the best weights follow the class-balanced validation loss.
 
     Returns a summary dict (class names and weights, split sizes, best epoch, epochs run,
     why training stopped, seconds, paths and, with a test part, its :func:`evaluate`
@@ -1121,8 +1126,10 @@ def train_classifier(
         loss="categorical_crossentropy",
         weighted_metrics=["accuracy"],
     )
-    patch_size = list(patch_size) if patch_size is not None and not np.isscalar(patch_size) else (
-        [int(patch_size)] * (x.ndim - 2) if patch_size is not None else [int(s) for s in x.shape[1:-1]])
+    if patch_size is None:
+        patch_size = x.shape[1:-1]
+    elif np.isscalar(patch_size):
+        patch_size = [patch_size] * (x.ndim - 2)
     config = {
         "format": "snakescope-classifier",
         "version": 1,

@@ -90,10 +90,15 @@ def write_ctc_result(labels, tracks, folder: str | Path, *, source: str = "label
     folder = Path(folder)
     table = tracks.table
     if "label" not in table.columns:
-        raise InputError(source, "tracks have no 'label' column: they were not made from a label image, so there are no masks to relabel")
+        raise InputError(
+            source,
+            "tracks have no 'label' column: they were not made from a label image, so there are no masks to relabel",
+        )
     lineage = tracks.lineage
     if len(lineage) and int(lineage["label"].max()) > _MAX_LABEL:
-        raise InputError(source, f"{int(lineage['label'].max())} tracks do not fit the 16-bit CTC masks (at most {_MAX_LABEL})")
+        raise InputError(
+            source, f"{int(lineage['label'].max())} tracks do not fit the 16-bit CTC masks (at most {_MAX_LABEL})"
+        )
     n_frames = _frame_count(labels)
     if n_frames is None:
         labels = list(labels)  # an iterator: the count decides the file names (3 or 4 digits)
@@ -136,7 +141,7 @@ def _frame_count(stack) -> int | None:
 def _rows_by_frame(t: np.ndarray, n_frames: int) -> list[np.ndarray]:
     order = np.argsort(t, kind="stable")
     bounds = np.searchsorted(t[order], np.arange(n_frames + 1))
-    return [order[bounds[k]: bounds[k + 1]] for k in range(n_frames)]
+    return [order[bounds[k] : bounds[k + 1]] for k in range(n_frames)]
 
 
 # -- reading ------------------------------------------------------------------------------
@@ -166,7 +171,9 @@ def _resolve(folder: str | Path) -> tuple[Path, Path, re.Pattern]:
         return folder, folder / "man_track.txt", _MASK_PATTERNS[1]
     if (folder / "TRA" / "man_track.txt").exists():
         return folder / "TRA", folder / "TRA" / "man_track.txt", _MASK_PATTERNS[1]
-    raise InputError(folder, "no res_track.txt, man_track.txt or TRA/man_track.txt: not a CTC result or ground-truth folder")
+    raise InputError(
+        folder, "no res_track.txt, man_track.txt or TRA/man_track.txt: not a CTC result or ground-truth folder"
+    )
 
 
 def read_lineage(path: str | Path) -> pd.DataFrame:
@@ -346,7 +353,8 @@ def evaluate_ctc(
     if len(res_paths) != len(gt_paths):
         raise InputError(
             res_folder,
-            f"the result has {len(res_paths)} frames but the ground truth {gt_folder} has {len(gt_paths)}; they must cover the same frames",
+            f"the result has {len(res_paths)} frames but the ground truth {gt_folder} has {len(gt_paths)};"
+            " they must cover the same frames",
         )
     seg_paths: dict[int, Path] = {}
     seg_reference = None
@@ -368,7 +376,9 @@ def evaluate_ctc(
     for t, (gt_path, res_path) in enumerate(zip(gt_paths, res_paths)):
         reference, computed = tifffile.imread(gt_path), tifffile.imread(res_path)
         if reference.shape != computed.shape:
-            raise InputError(res_path, f"has shape {computed.shape} but the ground truth {gt_path.name} has {reference.shape}")
+            raise InputError(
+                res_path, f"has shape {computed.shape} but the ground truth {gt_path.name} has {reference.shape}"
+            )
         lr, lc, mr, mc, _ = match_frame(reference, computed)
         labels_ref.append(lr)
         labels_comp.append(lc)
@@ -411,7 +421,9 @@ def _valid(comp_tracks: pd.DataFrame, labels_comp: list) -> int:
     spans = end - begin + 1
     expected_t = np.repeat(begin, spans) + (np.arange(spans.sum()) - np.repeat(np.cumsum(spans) - spans, spans))
     expected = np.sort(expected_t * (int(label.max()) + 1) + np.repeat(label, spans))
-    present_t = np.concatenate([np.full(len(x), t, dtype=np.int64) for t, x in enumerate(labels_comp)] or [np.zeros(0, np.int64)])
+    present_t = np.concatenate(
+        [np.full(len(x), t, dtype=np.int64) for t, x in enumerate(labels_comp)] or [np.zeros(0, np.int64)]
+    )
     present_l = np.concatenate([np.asarray(x, dtype=np.int64) for x in labels_comp] or [np.zeros(0, np.int64)])
     if present_l.size and int(present_l.max()) > int(label.max()):
         return 0
@@ -451,7 +463,13 @@ def evaluate_detections(
     # labels_* keep the detection order of the frame, so mapped == labels pairs each
     # detection with itself.
     results = evaluate_matched(
-        ref_lineage, comp_lineage, labels_ref, labels_comp, labels_ref, labels_comp, division_tolerance=division_tolerance
+        ref_lineage,
+        comp_lineage,
+        labels_ref,
+        labels_comp,
+        labels_ref,
+        labels_comp,
+        division_tolerance=division_tolerance,
     )
     results["valid"] = _valid(comp_lineage, labels_comp)
     return results
@@ -473,9 +491,23 @@ def summarize_metrics(results: Mapping[str, dict] | Iterable[dict]) -> dict:
     if not named:
         raise InputError("metrics", "no samples to summarize")
     sums: dict[str, float] = {}
-    for key in ("AOGM", "AOGM_0", "AOGM_NS", "AOGM_FN", "AOGM_FP", "AOGM_ED", "AOGM_EA", "AOGM_EC",
-                "num_vertices", "num_edges", "division_tp", "division_fp", "division_fn",
-                "seg_n_reference", "seg_iou_sum"):
+    for key in (
+        "AOGM",
+        "AOGM_0",
+        "AOGM_NS",
+        "AOGM_FN",
+        "AOGM_FP",
+        "AOGM_ED",
+        "AOGM_EA",
+        "AOGM_EC",
+        "num_vertices",
+        "num_edges",
+        "division_tp",
+        "division_fp",
+        "division_fn",
+        "seg_n_reference",
+        "seg_iou_sum",
+    ):
         sums[key] = float(sum(float(r.get(key) or 0) for r in named.values()))
     pooled: dict = {}
     pooled["TRA"] = 1 - min(sums["AOGM"], sums["AOGM_0"]) / sums["AOGM_0"] if sums["AOGM_0"] else math.nan
@@ -484,7 +516,13 @@ def summarize_metrics(results: Mapping[str, dict] | Iterable[dict]) -> dict:
     pooled["DET"] = 1 - min(det_cost, det_zero) / det_zero if det_zero else math.nan
     pooled["SEG"] = sums["seg_iou_sum"] / sums["seg_n_reference"] if sums["seg_n_reference"] else None
     pooled.update(_division_scores(int(sums["division_tp"]), int(sums["division_fp"]), int(sums["division_fn"])))
-    pooled.update({k: (int(v) if k != "seg_iou_sum" else v) for k, v in sums.items() if not k.startswith("division_")})
+    pooled.update(
+        {
+            k: (v if k in ("AOGM", "AOGM_0", "seg_iou_sum") else int(v))
+            for k, v in sums.items()
+            if not k.startswith("division_")
+        }
+    )
     mean: dict = {}
     for key in ("TRA", "DET", "SEG", "division_precision", "division_recall", "division_f1"):
         values = [float(r[key]) for r in named.values() if r.get(key) is not None and not _isnan(r[key])]

@@ -613,6 +613,16 @@ def _fit(model, batches, validation, *, epochs, steps_per_epoch, learning_rate, 
     }
 
 
+@contextlib.contextmanager
+def _quiet_existing_folder():
+    """csbdeep warns that the model folder exists: we created it (for the log) on purpose."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="output path for model already exists")
+        yield
+
+
 def _versions() -> dict:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -752,7 +762,8 @@ def train_n2v(images, out_dir: str | Path, *, channel: int | None = None, ndim: 
             log.info("%dD model, patches %s, %d drawn in %.1f s (%d train, %d validation; %d non-overlapping fit)",
                      nd, patch, pool, sample_seconds, len(train_idx), len(val_idx), n_fit)
             log.info("settings: %s", json.dumps({k: s[k] for k in sorted(s)}, default=str))
-            model = N2V(config, name=tmp.name, basedir=str(tmp.parent))
+            with _quiet_existing_folder():
+                model = N2V(config, name=tmp.name, basedir=str(tmp.parent))
             model.prepare_for_training(optimizer=_adam(s["learning_rate"]))
             summary = _fit(model, batches(), (Xv_in, Yv), epochs=int(s["epochs"]),
                            steps_per_epoch=int(s["steps_per_epoch"]), learning_rate=float(s["learning_rate"]),
@@ -859,7 +870,8 @@ def train_care(source, target, out_dir: str | Path, *, channel: int | None = Non
             log.info("%dD model, patches %s, %d drawn (%d train, %d validation; %d non-overlapping fit)",
                      nd, patch, pool, len(train_idx), len(val_idx), n_fit)
             log.info("settings: %s", json.dumps({k: s[k] for k in sorted(s)}, default=str))
-            model = CARE(config, name=tmp.name, basedir=str(tmp.parent))
+            with _quiet_existing_folder():
+                model = CARE(config, name=tmp.name, basedir=str(tmp.parent))
             model.prepare_for_training(optimizer=_adam(s["learning_rate"]))
             summary = _fit(model, batches(), validation, epochs=int(s["epochs"]),
                            steps_per_epoch=int(s["steps_per_epoch"]), learning_rate=float(s["learning_rate"]),
@@ -939,7 +951,6 @@ class LoadedModel:
             mean, std = np.float32(float(cfg.means[0])), np.float32(float(cfg.stds[0]))
         else:
             mean, std = np.float32(0), np.float32(1)
-        probabilistic = bool(self.info["config"].get("probabilistic", False))
         nd = self.ndim
 
         def fn(block: np.ndarray) -> np.ndarray:
@@ -947,8 +958,10 @@ class LoadedModel:
             x = block.reshape((-1,) + shape[len(shape) - nd:]).astype(np.float32, copy=False)
             if self.kind == "n2v":
                 x = (x - mean) / std
-            y = keras_model.predict(x[..., None], verbose=0)
-            y = np.asarray(y)[..., 0] if not probabilistic else np.asarray(y)[..., 0]
+            # A direct call: no per-shape graph tracing (the edge blocks differ in shape)
+            # and the same kernels as keras_model.predict, which csbdeep uses.
+            y = keras_model(x[..., None], training=False)
+            y = (y.numpy() if hasattr(y, "numpy") else np.asarray(y))[..., 0]  # a probabilistic CARE model: channel 0 is the mean
             if self.kind == "n2v":
                 y = y * std + mean
             return y.reshape(shape).astype(np.float32, copy=False)

@@ -181,7 +181,8 @@ def train_stardist(pairs: dict, out_dir: str | Path, *, split: dict, voxel_size=
         seconds = time.perf_counter() - start
         model.keras_model.save_weights(str(tmp / "weights_last.h5"))
         model.load_weights("weights_best.h5")
-        thresholds = model.optimize_thresholds(Xv, Yv, predict_kwargs={"show_tile_progress": False})
+        thresholds = model.optimize_thresholds(Xv, Yv, predict_kwargs={"show_tile_progress": False},
+                                               optimize_kwargs={"verbose": 0})
         plot_curves(tmp / "history.csv", tmp / "history.png", title="StarDist training")
         summary = {
             "kind": "stardist", "ndim": ndim, "n_train": len(X), "n_validation": len(Xv),

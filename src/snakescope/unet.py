@@ -55,6 +55,7 @@ __all__ = [
     "probabilities_to_instances",
     "read_pairs",
     "receptive_field_radius",
+    "resolve_split",
     "train_unet",
 ]
 
@@ -345,6 +346,12 @@ def _as_unet(model) -> UNet:
 # Prediction
 
 
+def _to_numpy(tensor) -> np.ndarray:
+    import keras
+
+    return np.asarray(keras.ops.convert_to_numpy(tensor), dtype=np.float32)
+
+
 def _block_grid(shape, block, halo, div):
     """(core slices, tile start, tile end in the zero-padded image) for every block."""
     padded = [_round_up(n, d) for n, d in zip(shape, div)]
@@ -395,7 +402,7 @@ def predict_probabilities(model, image, block_shape="auto", halo=None, *, out=No
         data = np.asarray(image[read], dtype=np.float32)
         tile = np.zeros(tuple(b - a for a, b in zip(lo, hi)), np.float32)
         tile[tuple(slice(0, s) for s in data.shape)] = data
-        prob = np.asarray(unet.keras_model(tile[None, ..., None], training=False))[0]
+        prob = _to_numpy(unet.keras_model(tile[None, ..., None], training=False))[0]
         crop = tuple(slice(c.start - a, c.stop - a) for c, a in zip(core, lo))
         out[core] = prob[crop]
     return out
@@ -545,21 +552,34 @@ def _as_pairs(pairs) -> dict:
     return {f"pair-{i}": tuple(v) for i, v in enumerate(pairs)}
 
 
-def _split(keys, out_dir: Path, tmp: Path, split, split_file, validation_fraction, seed) -> tuple[list, list, list]:
+def resolve_split(keys, out_dir: str | Path, save_dir: str | Path, *, split: Mapping | None = None,
+                  split_file: str | Path | None = None, validation_fraction: float = 0.15,
+                  seed: int = 42) -> tuple[list[str], list[str], list[str]]:
+    """(train keys, validation keys, notes): the split by sample, made once and reused.
+
+    Precedence: ``split`` given explicitly; else the one saved in ``split_file``; else the
+    ``split.json`` of a previous training in ``out_dir``; else a new seeded split
+    (:func:`snakescope.splits.make_or_load_split`: new samples are placed by a hash of
+    their name, known ones never move). The split used is saved as
+    ``<save_dir>/split.json`` (and in ``split_file`` when given).
+    """
     from .splits import make_or_load_split
 
+    keys = sorted(keys)
+    save_dir = Path(save_dir)
+    save_dir.mkdir(parents=True, exist_ok=True)
     notes = []
-    if split is None:
-        if split_file is None:
-            saved = out_dir / "split.json"
-            if saved.exists():
-                shutil.copy(saved, tmp / "split.json")
-            split = make_or_load_split(keys, tmp / "split.json", validation_fraction, seed)
-        else:
-            split = make_or_load_split(keys, split_file, validation_fraction, seed)
-            shutil.copy(split_file, tmp / "split.json")
+    if split is not None:
+        split = dict(split)
+        write_json(save_dir / "split.json", split)
+    elif split_file is not None:
+        split = make_or_load_split(keys, split_file, validation_fraction, seed)
+        shutil.copy(split_file, save_dir / "split.json")
     else:
-        write_json(tmp / "split.json", split)
+        saved = Path(out_dir) / "split.json"
+        if saved.exists() and saved.resolve() != (save_dir / "split.json").resolve():
+            shutil.copy(saved, save_dir / "split.json")
+        split = make_or_load_split(keys, save_dir / "split.json", validation_fraction, seed)
     train = [k for k in split.get("train", []) if k in keys]
     val = [k for k in split.get("validation", []) if k in keys]
     unknown = sorted(set(keys) - set(train) - set(val))
@@ -596,7 +616,7 @@ def train_unet(pairs, out_dir: str | Path, *, split: dict | None = None, split_f
                augment: bool | Mapping = True, foreground_fraction: float = 0.5,
                max_validation_patches: int = 64, postprocessing: Mapping | None = None,
                optimize_thresholds: bool = True, allow_empty: bool = False, seed: int = 42,
-               verbose: int = 0) -> dict:
+               jit_compile: bool | str = "auto", verbose: int = 0) -> dict:
     """Train a 2D or 3D three-class U-Net on ``pairs`` and write its model folder.
 
     ``pairs``: {name: (normalized image, instance labels)} (or a list of pairs, named
@@ -642,7 +662,8 @@ def train_unet(pairs, out_dir: str | Path, *, split: dict | None = None, split_f
     keras.utils.set_random_seed(seed)
     with atomic_path(out_dir) as tmp:
         tmp.mkdir(parents=True)
-        train_keys, val_keys, notes = _split(sorted(checked), out_dir, tmp, split, split_file, validation_fraction, seed)
+        train_keys, val_keys, notes = resolve_split(checked, out_dir, tmp, split=split, split_file=split_file,
+                                                    validation_fraction=validation_fraction, seed=seed)
         counts = np.bincount(np.concatenate([classes[k].ravel() for k in train_keys]), minlength=3)[:3]
         frequencies = (counts / counts.sum()).tolist()
         if isinstance(class_weights, str):
@@ -657,7 +678,7 @@ def train_unet(pairs, out_dir: str | Path, *, split: dict | None = None, split_f
             log.warning("%s", note)
 
         model = build_keras_model(arch)
-        model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=_weighted_loss(weights))
+        model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=_weighted_loss(weights), jit_compile=jit_compile)
         batches = patch_batches([checked[k][0] for k in train_keys], [classes[k] for k in train_keys],
                                 patch_shape, batch_size, seed, foreground_fraction=foreground_fraction,
                                 augment=augment_settings)

@@ -1,0 +1,539 @@
+"""Restoration: blockwise tiling, patch sampling, N2V (n2v env) and CARE (main env), metrics.
+
+The N2V checks need the n2v environment (n2v 0.3.3 works only with TF 2.15 / numpy 1.26):
+one subprocess runs all of them (TensorFlow takes seconds to start) and is started by the
+first test of this module, so it trains while the main-environment tests run; the N2V tests
+at the end of the file read its results.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from snakescope import ngff
+from snakescope.errors import InputError
+from snakescope.restore import (
+    MANIPULATORS,
+    check_model,
+    main,
+    n2v_mask,
+    predict,
+    restoration_metrics,
+    sample_patches,
+    train_care,
+    train_n2v,
+)
+from snakescope.tiling import iter_blocks, predict_blockwise, receptive_halo, split_pad
+
+REPO = Path(__file__).resolve().parents[1]
+N2V_PYTHON = REPO / ".venv" / "n2v" / "bin" / "python"
+
+
+def write_ngff(path: Path, data: np.ndarray, axes: str, chunks) -> Path:
+    group = ngff.open_group(path, "w")
+    shapes = ngff.pyramid_shapes(axes, data.shape, "auto")
+    levels = ngff.create_levels(group, shapes, chunks, np.float32, "lz4")
+    levels[0][...] = data.astype(np.float32)
+    ngff.write_pyramid(group, axes, shapes, chunks, np.float32, "lz4", 1, "mean", first=1)
+    group.attrs["multiscales"] = [ngff.multiscales_metadata(axes, [1.0] * len(axes), len(shapes), path.stem)]
+    return path
+
+
+def smooth_image(rng, shape, sigma=3.0) -> np.ndarray:
+    img = ndimage.gaussian_filter(rng.random(shape), [0] * (len(shape) - 2) + [sigma, sigma])
+    return ((img - img.min()) / (img.max() - img.min())).astype(np.float32)
+
+
+def no_partials(path: Path) -> bool:
+    return not path.exists() and not list(path.parent.glob(path.name + ".partial-*"))
+
+
+# ---------------------------------------------------------------------------------------
+# The N2V subprocess (n2v environment), started early and read at the end.
+
+N2V_SCRIPT = r"""
+import json, shutil, sys, traceback
+from pathlib import Path
+import numpy as np
+from snakescope import ngff, restore
+from snakescope.errors import InputError
+
+root = Path(sys.argv[1])
+out = {}
+def write(path, data, axes, chunks):
+    g = ngff.open_group(path, "w")
+    shapes = ngff.pyramid_shapes(axes, data.shape, "auto")
+    levels = ngff.create_levels(g, shapes, chunks, np.float32, "lz4")
+    levels[0][...] = data
+    ngff.write_pyramid(g, axes, shapes, chunks, np.float32, "lz4", 1, "mean", first=1)
+    g.attrs["multiscales"] = [ngff.multiscales_metadata(axes, [1.0] * len(axes), len(shapes), path.stem)]
+    return str(path)
+
+rng = np.random.default_rng(0)
+clean = np.load(root / "clean_tyx.npy")
+noisy = (clean + 0.25 * rng.standard_normal(clean.shape)).astype(np.float32)
+a = write(root / "a.ome.zarr", noisy[:2], "tyx", (1, 32, 32))
+b = write(root / "b.ome.zarr", noisy[2:], "tyx", (1, 32, 32))
+tiny = dict(epochs=2, steps_per_epoch=6, batch_size=8, unet_depth=2, unet_n_first=8, n_patches=64,
+            patience=5, seed=3)
+# Through the CLI (as the workflow runs it), in this one process.
+rc = restore.main(["train-n2v", json.dumps({"images": [a, b], "out_dir": str(root / "n2v2d"),
+                                            "patch_shape": [32, 32], **tiny})])
+out["train_rc"] = rc
+rc = restore.main(["predict", json.dumps({"model_dir": str(root / "n2v2d"), "kind": "n2v", "in_path": a,
+                                          "out_path": str(root / "pred.ome.zarr"),
+                                          "block_shape": {"y": 48, "x": 40}})])
+out["predict_rc"] = rc
+model = restore.load_model(root / "n2v2d", "n2v")
+whole = np.stack([model.model.predict(noisy[i], "YX") for i in range(2)])  # n2v's own whole-image predict
+blockwise = ngff.read_image(root / "pred.ome.zarr").data[...]
+out["max_abs_diff"] = float(np.abs(blockwise - whole).max())
+out["max_abs"] = float(np.abs(whole).max())
+out["pred_shape"] = list(blockwise.shape)
+out["pred_dtype"] = str(blockwise.dtype)
+out["mse_noisy"] = float(np.mean((noisy[:2] - clean[:2]) ** 2))
+out["mse_n2v"] = float(np.mean((blockwise - clean[:2]) ** 2))
+
+# 3D: a z stack gives 3D patches and a 3D model.
+vol = (np.load(root / "clean_zyx.npy") + 0.25 * rng.standard_normal((16, 48, 48))).astype(np.float32)
+v = write(root / "v.ome.zarr", vol, "zyx", (8, 32, 32))
+res3 = restore.train_n2v([v], root / "n2v3d", patch_shape=(8, 16, 16), epochs=1, steps_per_epoch=4, batch_size=4,
+                         unet_depth=1, unet_n_first=8, n_patches=32, seed=1)
+out["train3d"] = res3
+restore.predict(root / "n2v3d", "n2v", v, root / "pred3d.ome.zarr", block_shape={"z": 8, "y": 24, "x": 24})
+model3 = restore.load_model(root / "n2v3d", "n2v")
+whole3 = model3.model.predict(vol, "ZYX")
+out["max_abs_diff_3d"] = float(np.abs(ngff.read_image(root / "pred3d.ome.zarr").data[...] - whole3).max())
+
+# A pretrained model from a local folder (a copy) gives the same restoration.
+shutil.copytree(root / "n2v2d", root / "copied_model")
+restore.predict(root / "copied_model", "n2v", a, root / "pred_copy.ome.zarr")
+out["pretrained_same"] = bool(np.allclose(ngff.read_image(root / "pred_copy.ome.zarr").data[...], whole, atol=1e-5))
+
+# Bad input, in the n2v environment too.
+def error(fn):
+    try:
+        fn()
+    except InputError as exc:
+        return str(exc)
+    return None
+broken = root / "broken_model"
+broken.mkdir()
+(broken / "config.json").write_text(json.dumps(dict(json.loads((root / "n2v2d" / "config.json").read_text()))))
+(broken / "weights_best.h5").write_bytes(b"not hdf5")
+out["broken_error"] = error(lambda: restore.predict(broken, "n2v", a, root / "never.ome.zarr"))
+out["broken_no_output"] = not (root / "never.ome.zarr").exists() and not list(root.glob("never.ome.zarr.partial-*"))
+out["missing_error"] = error(lambda: restore.predict(root / "nope", "n2v", a, root / "never2.ome.zarr"))
+out["care_as_n2v_error"] = error(lambda: restore.check_model(root / "n2v2d", "care"))
+(root / "result.json").write_text(json.dumps(out))
+"""
+
+
+class N2VRun:
+    """The n2v-environment subprocess: started once, waited for by the N2V tests."""
+
+    proc = None
+    root: Path | None = None
+
+    @classmethod
+    def start(cls, root: Path) -> None:
+        if cls.proc is not None or not N2V_PYTHON.exists():
+            return
+        cls.root = root
+        rng = np.random.default_rng(5)
+        np.save(root / "clean_tyx.npy", smooth_image(rng, (4, 96, 112), 3.0))
+        np.save(root / "clean_zyx.npy", smooth_image(rng, (16, 48, 48), 2.0))
+        env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "TF_CPP_MIN_LOG_LEVEL": "2"}
+        cls.log = open(root / "n2v.log", "w")
+        cls.proc = subprocess.Popen([str(N2V_PYTHON), "-c", N2V_SCRIPT, str(root)], stdout=cls.log,
+                                    stderr=subprocess.STDOUT, env=env, cwd=REPO)
+
+    @classmethod
+    def result(cls) -> dict:
+        if not N2V_PYTHON.exists():
+            pytest.skip(f"{N2V_PYTHON} is absent: the n2v environment is not built (make setup)")
+        if cls.proc is None:
+            raise AssertionError("the N2V subprocess was not started")
+        rc = cls.proc.wait(timeout=600)
+        cls.log.close()
+        text = (cls.root / "n2v.log").read_text()
+        if rc != 0 or not (cls.root / "result.json").exists():
+            raise AssertionError(f"N2V subprocess failed ({rc}):\n{text[-6000:]}")
+        return json.loads((cls.root / "result.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def n2v_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("n2v")
+    N2VRun.start(root)
+    yield root
+    if N2VRun.proc is not None and N2VRun.proc.poll() is None:  # a failing run (-x): do not leave it behind
+        N2VRun.proc.kill()
+        N2VRun.proc.wait()
+
+
+@pytest.fixture(autouse=True)
+def _start_n2v_early(n2v_root):
+    """Every test starts the N2V subprocess if it is not running yet (the first one does)."""
+    yield
+
+
+# ---------------------------------------------------------------------------------------
+# Tiling.
+
+
+def test_blocks_tile_the_image_once_with_aligned_halos():
+    shape, axes = (3, 37, 50), "tyx"
+    pad = split_pad((1, 37, 50), (1, 4, 4))
+    blocks = list(iter_blocks(shape, axes, {"t": 1, "y": 16, "x": 16}, {"y": 6, "x": 6}, align={"y": 4, "x": 4}, pad=pad))
+    count = np.zeros(shape, int)
+    for b in blocks:
+        count[b.core] += 1
+        for i, a in enumerate(axes):
+            core, outer, crop = b.core[i], b.outer[i], b.crop[i]
+            assert outer.start <= core.start and outer.stop >= core.stop
+            assert crop.start == core.start - outer.start and crop.stop - crop.start == core.stop - core.start
+            if a in "yx":
+                lo, hi = pad[i]
+                # the halo is there unless the (padded) border is reached
+                assert outer.start == -lo or core.start - outer.start >= 6
+                assert outer.stop == shape[i] + hi or outer.stop - core.stop >= 6
+                # outer regions sit on the network's grid: start and size multiples of 4 from -lo
+                assert (outer.start + lo) % 4 == 0 and (outer.stop - outer.start) % 4 == 0
+            else:
+                assert outer == core
+    assert (count == 1).all()
+    assert len(blocks) == 3 * 3 * 4
+
+
+def test_blockwise_equals_whole_image_and_reads_bounded_blocks():
+    rng = np.random.default_rng(0)
+    img = rng.random((2, 75, 90)).astype(np.float32)
+    align = (1, 8, 8)
+    pads = split_pad(img.shape, align)
+
+    def net(block):  # a local operator of radius 5 that needs sizes divisible by 8
+        assert block.shape[1] % 8 == 0 and block.shape[2] % 8 == 0
+        return ndimage.uniform_filter(block, size=(1, 11, 11), mode="constant")
+
+    padded = np.pad(img, pads, mode="reflect")
+    whole = net(padded)[:, pads[1][0]:pads[1][0] + 75, pads[2][0]:pads[2][0] + 90]
+    out = np.full(img.shape, np.nan, np.float32)
+    reads = []
+
+    def read(region):
+        reads.append(img[region].size)
+        return img[region]
+
+    def write(region, block):
+        out[region] = block
+
+    stats = predict_blockwise(read, write, img.shape, "tyx", {"t": 1, "y": 32, "x": 32}, {"y": 8, "x": 8}, net,
+                              align={"y": 8, "x": 8})
+    np.testing.assert_allclose(out, whole, rtol=0, atol=1e-6)
+    assert stats["n_blocks"] == 2 * 3 * 3
+    # one block with its halo (widened to the grid of 8 at most 7 per side), never the image
+    assert max(reads) <= (32 + 2 * (8 + 7)) ** 2 < img[0].size
+
+
+def test_blockwise_raises_predict_errors_and_stops():
+    def bad(block):
+        raise RuntimeError("model failed")
+
+    with pytest.raises(RuntimeError, match="model failed"):
+        predict_blockwise(lambda r: np.zeros((1, 8, 8))[r], lambda r, b: None, (1, 64, 64), "tyx",
+                          {"t": 1, "y": 8, "x": 8}, 0, bad)
+
+
+def test_receptive_halo_covers_csbdeep_table():
+    from_table = {(1, 3): 9, (1, 5): 17, (2, 3): 22, (2, 5): 43, (3, 3): 46, (3, 5): 92}
+    for (depth, kern), overlap in from_table.items():
+        halo = receptive_halo(depth, kern)
+        assert halo >= overlap and halo % 2**depth == 0 and halo - overlap < 2**depth + 6
+
+
+# ---------------------------------------------------------------------------------------
+# Patch sampling and N2V masking (no TensorFlow).
+
+
+class RecordingArray:
+    """An array that records every region read from it."""
+
+    def __init__(self, data):
+        self.data, self.reads = data, []
+
+    @property
+    def shape(self):
+        return self.data.shape
+
+    def __getitem__(self, key):
+        self.reads.append(key)
+        return self.data[key]
+
+
+def test_patch_sampling_reads_only_patch_regions_and_is_seeded(tmp_path, rng):
+    data = rng.random((4, 2, 80, 96)).astype(np.float32)
+    path = write_ngff(tmp_path / "img.ome.zarr", data, "tcyx", (1, 1, 32, 32))
+    arrays = [RecordingArray(ngff.read_image(path).data) for _ in range(3)]
+    p1 = sample_patches([(arrays[0], "tcyx")], 20, (16, 24), channel=1, seed=7)
+    p2 = sample_patches([(arrays[1], "tcyx")], 20, (16, 24), channel=1, seed=7)
+    p3 = sample_patches([(arrays[2], "tcyx")], 20, (16, 24), channel=1, seed=8)
+    assert p1.shape == (20, 16, 24) and p1.dtype == np.float32
+    np.testing.assert_array_equal(p1, p2)
+    assert not np.array_equal(p1, p3)
+    assert len(arrays[0].reads) == 20
+    for key in arrays[0].reads:
+        t, c, y, x = key
+        assert (t.stop - t.start, c.start, c.stop - c.start, y.stop - y.start, x.stop - x.start) == (1, 1, 1, 16, 24)
+        np.testing.assert_array_equal(data[key][0, 0], p1[arrays[0].reads.index(key)])
+    # 20 patches of one frame and channel: a fraction of the data, not the volume
+    assert sum(np.prod([s.stop - s.start for s in k]) for k in arrays[0].reads) == 20 * 16 * 24
+
+
+def test_patch_sampling_3d_pairs_and_frames(rng):
+    vol = rng.random((2, 20, 40, 40)).astype(np.float32)
+    X, Y = sample_patches([(vol, "tzyx")], 10, (8, 16, 16), targets=[(vol * 2, "tzyx")], seed=0)
+    assert X.shape == (10, 8, 16, 16)
+    np.testing.assert_allclose(Y, 2 * X)
+    flat = sample_patches([(vol, "tzyx")], 6, (16, 16), ndim=2, seed=0)  # z planes as frames
+    assert flat.shape == (6, 16, 16)
+
+
+def test_too_few_patches_is_an_input_error(tmp_path, rng):
+    small = write_ngff(tmp_path / "small.ome.zarr", rng.random((40, 50)), "yx", (32, 32))
+    with pytest.raises(InputError, match=r"too few patches.*only 1 non-overlapping.*at least 8 are needed") as exc:
+        train_n2v([str(small)], tmp_path / "model", patch_shape=(32, 32))
+    assert "small.ome.zarr" in str(exc.value)
+    assert no_partials(tmp_path / "model")
+    with pytest.raises(InputError, match="too few patches"):
+        train_care(str(small), str(small), tmp_path / "care", patch_shape=(32, 32))
+    assert no_partials(tmp_path / "care")
+
+
+@pytest.mark.parametrize("manipulator", MANIPULATORS)
+def test_n2v_mask_blind_spots(manipulator):
+    rng = np.random.default_rng(0)
+    x = rng.random((4, 32, 32)).astype(np.float32)
+    inputs, targets = n2v_mask(x, 2.0, manipulator, 2, rng)
+    assert inputs.shape == (4, 32, 32, 1) and targets.shape == (4, 32, 32, 2)
+    mask = targets[..., 1] == 1
+    assert 0.01 < mask.mean() < 0.03  # 2 % of the pixels are blind spots
+    np.testing.assert_array_equal(targets[..., 0][mask], x[mask])
+    assert (targets[..., 0][~mask] == 0).all()
+    np.testing.assert_array_equal(inputs[..., 0][~mask], x[~mask])  # only blind spots change
+    changed = (inputs[..., 0] != x)[mask].mean()
+    if manipulator in ("uniform_withoutCP", "normal_withoutCP", "mean", "median", "normal_additive", "normal_fitted"):
+        assert changed > 0.95
+    if manipulator == "identity":
+        assert changed == 0
+
+
+def test_n2v_mask_3d_and_neighbourhood():
+    rng = np.random.default_rng(1)
+    x = np.arange(8 * 16 * 16, dtype=np.float32).reshape(1, 8, 16, 16)
+    inputs, targets = n2v_mask(x, 5.0, "uniform_withoutCP", 1, rng)
+    mask = targets[0, ..., 1] == 1
+    assert mask.sum() > 0
+    # the replacement comes from the 3x3x3 neighbourhood: its index differs by at most 1 per axis
+    for z, y, xx in zip(*np.nonzero(mask)):
+        src = np.unravel_index(int(inputs[0, z, y, xx, 0]), (8, 16, 16))
+        assert max(abs(src[0] - z), abs(src[1] - y), abs(src[2] - xx)) == 1
+
+
+# ---------------------------------------------------------------------------------------
+# Metrics.
+
+
+def test_restoration_metrics_on_known_arrays():
+    target = np.zeros((2, 32, 32), np.float32)
+    target[:, 8:24, 8:24] = 2.0  # data range 2
+    source = target + 0.2  # MSE 0.04 -> PSNR 10 log10(4 / 0.04) = 20 dB
+    restored = target.copy()
+    restored[0, 0, 0] += 0.5
+    m = restoration_metrics((source, "tyx"), (restored, "tyx"), (target, "tyx"))
+    assert m["data_range"] == 2.0 and m["data_range_rule"] == "target max - min"
+    assert m["psnr_input"] == pytest.approx(20.0, abs=1e-4)
+    mse = 0.25 / target.size
+    assert m["psnr_restored"] == pytest.approx(10 * np.log10(4 / mse), abs=1e-3)
+    from skimage.metrics import structural_similarity
+
+    expected = np.mean([structural_similarity(target[i].astype(float), source[i].astype(float), data_range=2.0) for i in range(2)])
+    assert m["ssim_input"] == pytest.approx(expected, abs=1e-9)
+    assert m["ssim_restored"] > m["ssim_input"]
+    perfect = restoration_metrics((source, "tyx"), (target, "tyx"), (target, "tyx"))
+    assert perfect["psnr_restored"] == float("inf") and perfect["ssim_restored"] == pytest.approx(1.0)
+    fixed = restoration_metrics((source, "tyx"), (restored, "tyx"), (target, "tyx"), data_range=1.0)
+    assert fixed["psnr_input"] == pytest.approx(10 * np.log10(1 / 0.04), abs=1e-4)
+
+
+# ---------------------------------------------------------------------------------------
+# Bad input that needs no training.
+
+
+def test_mismatched_target_shape_names_sample_and_shapes(tmp_path, rng):
+    src = write_ngff(tmp_path / "s.ome.zarr", rng.random((64, 80)), "yx", (32, 32))
+    tgt = write_ngff(tmp_path / "t.ome.zarr", rng.random((64, 72)), "yx", (32, 32))
+    with pytest.raises(InputError, match=r"sample7.*\(64, 72\).*\(64, 80\)"):
+        train_care(str(src), str(tgt), tmp_path / "care", name="sample7")
+    assert no_partials(tmp_path / "care")
+    with pytest.raises(InputError, match=r"\(64, 72\)"):
+        restoration_metrics(str(src), str(src), str(tgt))
+
+
+def test_missing_or_incompatible_model_folder(tmp_path, rng):
+    img = write_ngff(tmp_path / "img.ome.zarr", rng.random((64, 64)), "yx", (32, 32))
+    out = tmp_path / "restored.ome.zarr"
+    with pytest.raises(InputError, match="nowhere.*does not exist"):
+        predict(tmp_path / "nowhere", "care", img, out)
+    assert no_partials(out)
+    bad = tmp_path / "not_a_model"
+    bad.mkdir()
+    with pytest.raises(InputError, match="not_a_model.*no config.json"):
+        predict(bad, "care", img, out)
+    (bad / "config.json").write_text(json.dumps({"n_dim": 2}))
+    with pytest.raises(InputError, match="lacks"):
+        check_model(bad, "care")
+    (bad / "config.json").write_text(json.dumps({"n_dim": 2, "unet_n_depth": 2, "unet_kern_size": 3, "n_channel_in": 1,
+                                                 "n_channel_out": 1, "axes": "YXC"}))
+    with pytest.raises(InputError, match="no weights"):
+        check_model(bad, "care")
+    with pytest.raises(InputError, match="is a CARE model folder, not a N2V one"):
+        check_model(bad, "n2v")
+    assert no_partials(out)
+    # The CLI reports the same problem as one line and exit status 1.
+    assert main(["predict", json.dumps({"model_dir": str(tmp_path / "nowhere"), "kind": "care", "in_path": str(img),
+                                        "out_path": str(out)})]) == 1
+    assert no_partials(out)
+
+
+# ---------------------------------------------------------------------------------------
+# CARE (main environment): one short training shared by the tests below.
+
+
+@pytest.fixture(scope="module")
+def care(tmp_path_factory):
+    root = tmp_path_factory.mktemp("care")
+    rng = np.random.default_rng(2)
+    clean = smooth_image(rng, (3, 96, 96), 3.0)
+    noisy = clean + 0.2 * rng.standard_normal(clean.shape).astype(np.float32)
+    # two channels: channel 0 is restored, channel 1 must come through unchanged
+    two = np.stack([noisy, np.full_like(noisy, 0.25)], axis=1)
+    src = write_ngff(root / "noisy.ome.zarr", two, "tcyx", (1, 1, 32, 32))
+    tgt = write_ngff(root / "clean.ome.zarr", clean, "tyx", (1, 32, 32))
+    summary = train_care(str(src), str(tgt), root / "model", name="sampleA", channel=0, patch_shape=(32, 32),
+                         epochs=2, steps_per_epoch=25, batch_size=16, unet_depth=2, unet_n_first=16, n_patches=256,
+                         learning_rate=3e-3, patience=3, seed=0)
+    return {"root": root, "src": src, "tgt": tgt, "clean": clean, "noisy": noisy, "summary": summary}
+
+
+def test_care_training_writes_model_folder_and_curves(care):
+    model = care["root"] / "model"
+    names = {p.name for p in model.iterdir()}
+    assert {"config.json", "weights_best.h5", "weights_last.h5", "training.csv", "training.png", "training.log",
+            "snakescope.json"} <= names
+    import pandas as pd
+
+    curves = pd.read_csv(model / "training.csv")
+    assert len(curves) == 2 and {"epoch", "loss", "val_loss"} <= set(curves.columns)
+    assert np.isfinite(curves[["loss", "val_loss"]].to_numpy()).all()
+    assert (model / "training.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "epoch 2" in (model / "training.log").read_text()
+    meta = json.loads((model / "snakescope.json").read_text())
+    assert meta["kind"] == "care" and meta["channel"] == 0 and meta["halo"] == receptive_halo(2, 3)
+    assert care["summary"]["epochs_run"] == 2 and care["summary"]["n_val_patches"] >= 1
+    assert check_model(model, "care")["kind"] == "care"
+    assert not list(care["root"].glob("model.partial-*"))
+
+
+def test_care_blockwise_prediction_equals_whole_image(care):
+    out = care["root"] / "restored.ome.zarr"
+    summary = predict(care["root"] / "model", "care", care["src"], out, channel=0, block_shape={"y": 40, "x": 48})
+    assert summary["n_blocks"] == 3 * 3 * 2
+    restored = ngff.read_image(out)
+    source = ngff.read_image(care["src"])
+    assert restored.axes == "tcyx" and restored.data.shape == source.data.shape
+    assert restored.data.chunks == source.data.chunks and restored.scale == source.scale
+    assert restored.data.dtype == np.float32
+    assert len(restored.levels) == len(source.levels)
+    assert restored.attrs["snakescope"]["restore"]["channel"] == 0
+    np.testing.assert_array_equal(restored.data[:, 1], source.data[:, 1])  # other channel kept as is
+    from csbdeep.models import CARE
+
+    model = CARE(None, name="model", basedir=str(care["root"]))
+    whole = np.stack([model.predict(care["noisy"][i], "YX", normalizer=None) for i in range(3)])
+    np.testing.assert_allclose(restored.data[:, 0], whole, rtol=0, atol=1e-5)
+
+
+def test_care_reduces_error_and_metrics(care):
+    out = care["root"] / "restored_cli.ome.zarr"
+    metrics_path = care["root"] / "metrics.json"
+    # the CLI, as the workflow calls it: predict, then metrics against the clean target
+    assert main(["predict", json.dumps({"model_dir": str(care["root"] / "model"), "kind": "care",
+                                        "in_path": str(care["src"]), "out_path": str(out), "channel": 0})]) == 0
+    assert main(["metrics", json.dumps({"source": str(care["src"]), "restored": str(out), "target": str(care["tgt"]),
+                                        "channel": 0, "out": str(metrics_path)})]) == 0
+    m = json.loads(metrics_path.read_text())
+    restored = ngff.read_image(out).data[:, 0]
+    mse_in = np.mean((care["noisy"] - care["clean"]) ** 2)
+    mse_out = np.mean((restored - care["clean"]) ** 2)
+    assert m["psnr_input"] == pytest.approx(10 * np.log10(1.0 / mse_in), abs=1e-3)
+    assert m["psnr_restored"] == pytest.approx(10 * np.log10(1.0 / mse_out), abs=1e-3)
+    assert m["psnr_restored"] > m["psnr_input"] + 3  # a short training already removes most noise
+    assert m["ssim_restored"] > m["ssim_input"]
+
+
+# ---------------------------------------------------------------------------------------
+# N2V (n2v environment): results of the subprocess started at the top of this module.
+
+
+@pytest.fixture(scope="module")
+def n2v(n2v_root):
+    return N2VRun.result()
+
+
+def test_n2v_training_writes_model_folder_csv_and_png(n2v, n2v_root):
+    assert n2v["train_rc"] == 0
+    model = n2v_root / "n2v2d"
+    names = {p.name for p in model.iterdir()}
+    assert {"config.json", "weights_best.h5", "weights_last.h5", "training.csv", "training.png", "training.log",
+            "snakescope.json"} <= names
+    import pandas as pd
+
+    curves = pd.read_csv(model / "training.csv")
+    assert list(curves["epoch"]) == [0, 1]
+    assert np.isfinite(curves[["loss", "val_loss"]].to_numpy()).all()
+    assert (model / "training.png").stat().st_size > 1000
+    config = json.loads((model / "config.json").read_text())
+    assert config["n2v_patch_shape"] == [32, 32] and config["train_tensorboard"] is False
+    meta = json.loads((model / "snakescope.json").read_text())
+    assert meta["kind"] == "n2v" and meta["images"] == [str(n2v_root / "a.ome.zarr"), str(n2v_root / "b.ome.zarr")]
+    assert check_model(model, "n2v")["ndim"] == 2  # the main environment can validate N2V folders
+
+
+def test_n2v_blockwise_prediction_equals_whole_image(n2v):
+    assert n2v["predict_rc"] == 0
+    assert n2v["pred_shape"] == [2, 96, 112] and n2v["pred_dtype"] == "float32"
+    assert n2v["max_abs_diff"] <= 1e-5 * max(1.0, n2v["max_abs"])
+    assert n2v["max_abs_diff_3d"] <= 1e-5 * 10
+
+
+def test_n2v_3d_model_from_z_stack(n2v):
+    assert n2v["train3d"]["ndim"] == 3 and n2v["train3d"]["patch_shape"] == [8, 16, 16]
+    assert n2v["train3d"]["epochs_run"] == 1
+
+
+def test_n2v_pretrained_folder_and_bad_model_folders(n2v):
+    assert n2v["pretrained_same"]
+    assert "broken_model" in n2v["broken_error"] and "cannot be loaded" in n2v["broken_error"]
+    assert n2v["broken_no_output"]
+    assert "nope" in n2v["missing_error"] and "does not exist" in n2v["missing_error"]
+    assert "is a N2V model folder, not a CARE one" in n2v["care_as_n2v_error"]
