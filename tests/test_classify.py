@@ -156,6 +156,34 @@ def test_patches_from_zarr_and_small_reads_match_numpy(tmp_path):
         classify.extract_patches(z, "tyx", points, 11, time_window=1, max_read_bytes=2000), reference)
 
 
+class CountingArray:
+    """An array that records the size of every region read from it (like a zarr array)."""
+
+    def __init__(self, data):
+        self.data, self.shape, self.dtype, self.reads = data, data.shape, data.dtype, []
+
+    def __getitem__(self, box):
+        block = self.data[box]
+        self.reads.append(block.nbytes)
+        return block
+
+
+def test_patches_read_only_needed_regions():
+    data = np.zeros((4, 1024, 1024), np.uint16)  # 8 MiB
+    data[3, 1000, 20] = 7
+    image = CountingArray(data)
+    corners = pd.DataFrame({"t": [0, 1, 2, 3], "y": [5, 1000, 5, 1000], "x": [5, 5, 1000, 20]})
+    out = classify.extract_patches(image, "tyx", corners, 16, time_window=1)
+    assert out[3, 8, 8, 1] == 7 and out.shape == (4, 16, 16, 3)
+    assert sum(image.reads) < data.nbytes / 20  # never whole frames
+    # Dense points: reads shared, none above the limit.
+    image.reads.clear()
+    rng = np.random.default_rng(0)
+    dense = pd.DataFrame({"t": rng.integers(0, 4, 500), "y": rng.uniform(0, 1023, 500), "x": rng.uniform(0, 1023, 500)})
+    classify.extract_patches(image, "tyx", dense, 16, max_read_bytes=2**20)
+    assert max(image.reads) <= 2**20 and len(image.reads) < 100
+
+
 def test_normalize_patches_percentiles():
     rng = np.random.default_rng(0)
     patches = rng.uniform(100, 200, (3, 10, 10, 1)).astype(np.float32)

@@ -334,7 +334,8 @@ def test_track_statistics():
 def test_ctc_round_trip(tmp_path, dividing_2d):
     detections = detections_from_labels(dividing_2d.labels)
     tracks = link(detections, max_distance=12.0, division_max_distance=16.0)
-    folder = write_ctc_result(list(dividing_2d.labels), tracks, tmp_path / "01_RES")
+    frames = (frame for frame in dividing_2d.labels)  # a stream: the frame count is unknown
+    folder = write_ctc_result(frames, tracks, tmp_path / "01_RES")
     names = sorted(p.name for p in folder.iterdir())
     assert names == sorted(["res_track.txt"] + [f"mask{t:03d}.tif" for t in range(dividing_2d.n_frames)])
     assert not list(tmp_path.glob("*.partial-*"))

@@ -205,6 +205,21 @@ def test_blockwise_3d_anisotropic_equals_whole_volume():
     assert np.allclose(blocks, whole, atol=1e-5)
 
 
+@pytest.mark.slow
+def test_3d_training_and_timelapse_prediction(tmp_path):
+    from snakescope.synthetic import make_timelapse
+
+    tl = make_timelapse(ndim=3, n_frames=3, shape=(12, 64, 64), n_cells=3, seed=2)
+    pairs = {f"t{t}": (normalize_percentile(tl.image[t]), tl.labels[t]) for t in range(3)}
+    config = quick_train(pairs, tmp_path / "m3d", architecture={"n_depth": 1, "n_filter_base": 4, "pool_size": (1, 2, 2)},
+                         patch_shape=(4, 32, 32), split={"train": ["t0", "t1"], "validation": ["t2"]})
+    assert config["architecture"]["ndim"] == 3 and config["architecture"]["kernel_size"] == [3, 3, 3]
+    model = load_unet(tmp_path / "m3d")
+    stack = np.stack([pairs["t0"][0], pairs["t1"][0]])  # T, Z, Y, X
+    labels = predict_instances(model, stack, block_shape=(8, 32, 32))
+    assert labels.shape == stack.shape and labels.dtype == np.int32
+
+
 # ---------------------------------------------------------------------------------------
 # Split
 

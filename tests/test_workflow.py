@@ -57,7 +57,7 @@ def project(tmp_path):
 
 def test_workflow_runs_good_samples_and_reports_bad_ones(project):
     wd, timelapse, plain = project
-    proc = run_snakemake(wd, "--cores", "2", "--keep-going", check=False)
+    proc = run_snakemake(wd, "--cores", "2", "--keep-going", "--show-failed-logs", check=False)
     assert proc.returncode != 0, "the broken samples must make the run fail"
     out = proc.stdout + proc.stderr
     assert "truncated.tif: truncated TIFF" in out

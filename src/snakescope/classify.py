@@ -115,6 +115,7 @@ LOG_NAME = "training_log.csv"
 CURVES_NAME = "training_curves.png"
 PATCH_EXTENSIONS = (".png", ".tif", ".tiff")
 _DEFAULT_READ_BYTES = 64 * 2**20
+_SPARSE_READ_BYTES = 4 * 2**20  # above this, a read at most 8x the patches' size (sparse points)
 
 
 # ---------------------------------------------------------------------------------------
@@ -398,8 +399,10 @@ def extract_patches(
     time_window : frames on each side of the point's frame (needs a ``t`` axis); the
         ``2 * time_window + 1`` frames become channels.
     channels : channel indices to keep (default all).
-    max_read_bytes : upper bound of one read from the array (points are grouped by frame
-        and position so that nearby patches share a read).
+    max_read_bytes : upper bound of one read from the array. Points are sorted by frame and
+        position and read in groups whose bounding box is at most this large and, above 4
+        MiB, at most 8 times the size of their patches (so sparse points do not pull in
+        whole frames); nearby patches share a read.
 
     Returns an array ``(N, *patch_size, frames * channels)`` of the image's dtype; channel
     index ``f * n_channels + c`` holds frame ``t - time_window + f``, channel ``c``. Borders
@@ -452,12 +455,14 @@ def extract_patches(
     order += [present.index("c")] if "c" in axes else []
     itemsize = np.dtype(image.dtype).itemsize
     c_lo, c_hi = int(channel_index.min()), int(channel_index.max()) + 1
+    patch_bytes = itemsize * (c_hi - c_lo) * n_frames * math.prod(sizes)
 
     def read(selection: np.ndarray) -> None:
         lo = {a: int(index[a][selection].min()) for a in names}
         hi = {a: int(index[a][selection].max()) + 1 for a in names}
         n_bytes = itemsize * (c_hi - c_lo) * math.prod(hi[a] - lo[a] for a in names)
-        if n_bytes > max_read_bytes and len(selection) > 1:
+        wasteful = n_bytes > _SPARSE_READ_BYTES and n_bytes > 8 * len(selection) * patch_bytes
+        if (n_bytes > max_read_bytes or wasteful) and len(selection) > 1:
             half = len(selection) // 2
             read(selection[:half])
             read(selection[half:])

@@ -76,8 +76,9 @@ def write_ctc_result(labels, tracks, folder: str | Path, *, source: str = "label
     Parameters
     ----------
     labels : the segmentation the detections came from: an array ``(T, [Z,] Y, X)`` (indexed
-        one frame at a time, e.g. zarr) or an iterable of frames. Objects without a detection
-        in ``tracks`` become background.
+        one frame at a time, e.g. zarr), a list of frames or any iterable of frames (read
+        once, one frame in memory at a time). Objects without a detection in ``tracks``
+        become background.
     tracks : :class:`snakescope.tracking.Tracks` whose table has a ``label`` column (made by
         :func:`snakescope.tracking.detections_from_labels`).
     folder : the result folder; written into a temporary sibling and renamed when complete,
@@ -99,32 +100,42 @@ def write_ctc_result(labels, tracks, folder: str | Path, *, source: str = "label
         raise InputError(
             source, f"{int(lineage['label'].max())} tracks do not fit the 16-bit CTC masks (at most {_MAX_LABEL})"
         )
-    n_frames = _frame_count(labels)
-    if n_frames is None:
-        labels = list(labels)  # an iterator: the count decides the file names (3 or 4 digits)
-        n_frames = len(labels)
-    if len(table) and int(table["t"].max()) >= n_frames:
-        raise InputError(source, f"tracks reach frame {int(table['t'].max())} but the labels have {n_frames} frames")
-    by_frame = _rows_by_frame(table["t"].to_numpy(), n_frames)
+    n_known = _frame_count(labels)  # None for an iterator: counted while writing
+    frames = (labels[t] for t in range(n_known)) if n_known is not None else iter(labels)
+    frame_of_row = table["t"].to_numpy(dtype=np.int64)
+    last_frame = int(frame_of_row.max()) if len(table) else -1
+    if n_known is not None and last_frame >= n_known:
+        raise InputError(source, f"tracks reach frame {last_frame} but the labels have {n_known} frames")
+    order = np.argsort(frame_of_row, kind="stable")
+    sorted_frames = frame_of_row[order]
     seg_labels = table["label"].to_numpy(dtype=np.int64)
     track_ids = table["track_id"].to_numpy(dtype=np.int64)
 
     with atomic_path(folder) as tmp:
         tmp.mkdir(parents=True)
         first_shape = None
-        for t in range(n_frames):
-            frame = np.asarray(labels[t])
+        n_written = 0
+        for t, frame in enumerate(frames):
+            frame = np.asarray(frame)
             if first_shape is None:
                 first_shape = frame.shape
             elif frame.shape != first_shape:
                 raise InputError(source, f"frame {t} has shape {frame.shape} but frame 0 has shape {first_shape}")
-            rows = by_frame[t]
+            rows = order[np.searchsorted(sorted_frames, t) : np.searchsorted(sorted_frames, t, side="right")]
             top = int(frame.max()) if frame.size else 0
             if rows.size:
                 top = max(top, int(seg_labels[rows].max()))
             lut = np.zeros(top + 1, dtype=np.uint16)
             lut[seg_labels[rows]] = track_ids[rows]
-            tifffile.imwrite(tmp / mask_name(t, n_frames), lut[frame], compression="zlib")
+            # Unknown count: 4 digits for now, renamed below if there are fewer than 1000.
+            name = mask_name(t, n_known if n_known is not None else 1000)
+            tifffile.imwrite(tmp / name, lut[frame], compression="zlib")
+            n_written += 1
+        if last_frame >= n_written:
+            raise InputError(source, f"tracks reach frame {last_frame} but the labels have {n_written} frames")
+        if n_known is None and n_written < 1000:
+            for t in range(n_written):
+                (tmp / mask_name(t, 1000)).rename(tmp / mask_name(t, n_written))
         lines = [f"{r.label} {r.begin} {r.end} {r.parent}" for r in lineage[LINEAGE_COLUMNS].itertuples(index=False)]
         (tmp / "res_track.txt").write_text("".join(line + "\n" for line in lines))
     return folder

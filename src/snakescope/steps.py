@@ -96,11 +96,14 @@ def train_stardist_step(args):
     for src in args.sources:
         pairs.update(segment.load_pairs(segment.TrainingSource(**src)))
     split = make_or_load_split(pairs, args.split, cfg.get("validation_fraction", 0.15), args.seed)
-    sd = cfg.get("stardist", {})
     ndim = next(iter(pairs.values()))[0].ndim
+    sd = dict(cfg.get("stardist", {}))
+    if ndim == 3:
+        sd["patch_size"] = [32, 96, 96]
+        sd.update(cfg.get("stardist_3d", {}))
     segment.train_stardist(
         pairs, args.out, split=split, n_rays=sd.get("n_rays", 32), grid=sd.get("grid"),
-        patch_size=sd.get("patch_size_3d" if ndim == 3 else "patch_size", [256, 256]),
+        patch_size=sd.get("patch_size", [256, 256]),
         epochs=sd.get("epochs", 100), steps_per_epoch=sd.get("steps_per_epoch", 100),
         batch_size=sd.get("batch_size", 4), learning_rate=sd.get("learning_rate", 3e-4),
         patience=sd.get("patience", 20), unet_n_depth=sd.get("unet_n_depth", 3),
@@ -136,3 +139,17 @@ def measure_step(args):
     from .measure import measure
 
     measure(args.labels, args.image, args.out, channel=args.channel)
+
+
+def qc_overlay_arguments(p):
+    p.add_argument("--image", required=True)
+    p.add_argument("--labels", required=True)
+    p.add_argument("--channel", type=int, default=0)
+    p.add_argument("--title", default="")
+    p.add_argument("--out", required=True)
+
+
+def qc_overlay_step(args):
+    from .qc import segmentation_overlay
+
+    segmentation_overlay(args.image, args.labels, args.out, channel=args.channel, title=args.title)

@@ -508,14 +508,7 @@ def link(
     pred_input = np.full(n, -1, dtype=np.int64)
     linked = pred >= 0
     pred_input[order[linked]] = order[pred[linked]]
-    tracks = tracks_from_links(
-        detections,
-        np.flatnonzero(pred_input >= 0),
-        pred_input[pred_input >= 0],
-        voxel_size=voxel,
-        source=source,
-        _checked=(t, names),
-    )
+    tracks = _build_tracks(detections, t, names, voxel, pred_input)
     tracks.stats.update(stats)
     return tracks
 
@@ -750,7 +743,6 @@ def tracks_from_links(
     *,
     voxel_size=None,
     source: str = "detections",
-    _checked=None,
 ) -> Tracks:
     """Tracks from links between detection rows (positions): ``parents[k] -> children[k]``.
 
@@ -761,11 +753,7 @@ def tracks_from_links(
     Used by :func:`link` and to bring other linkers' results (laptrack, trackpy) into the
     same format.
     """
-    if _checked is None:
-        t, _, names, voxel = _validated_points(detections, voxel_size, source)
-    else:
-        t, names = _checked
-        voxel = voxel_size
+    t, _, names, voxel = _validated_points(detections, voxel_size, source)
     n = len(t)
     children = np.asarray(children, dtype=np.int64)
     parents = np.asarray(parents, dtype=np.int64)
@@ -778,6 +766,12 @@ def tracks_from_links(
         if np.any(t[parents] >= t[children]):
             raise InputError(source, "a link does not go forward in time")
         pred[children] = parents
+    return _build_tracks(detections, t, names, voxel, pred)
+
+
+def _build_tracks(detections: pd.DataFrame, t: np.ndarray, names: list[str], voxel, pred: np.ndarray) -> Tracks:
+    """Tracks from checked inputs: each row's predecessor row (-1: none)."""
+    n = len(t)
     track, lineage = _lineage(t, pred)
 
     coordinates = detections[names].to_numpy(dtype=float)

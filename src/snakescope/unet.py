@@ -156,8 +156,11 @@ def labels_to_classes(labels, where: str | Path = "labels") -> np.ndarray:
 
 def class_weights_from_frequencies(frequencies) -> list[float]:
     """Median-frequency balancing: weight_c = median(f) / f_c (rare contour class weighs more)."""
-    f = np.maximum(np.asarray(frequencies, dtype=np.float64), 1e-6)
-    return [float(w) for w in np.median(f) / f]
+    f = np.asarray(frequencies, dtype=np.float64)
+    present = f > 0
+    weights = np.ones_like(f)  # a class absent from training never enters the loss
+    weights[present] = np.median(f[present]) / f[present]
+    return [float(w) for w in weights]
 
 
 def normalize_percentile(image, low: float = 1.0, high: float = 99.8) -> np.ndarray:
@@ -620,11 +623,13 @@ def train_unet(pairs, out_dir: str | Path, *, split: dict | None = None, split_f
     """Train a 2D or 3D three-class U-Net on ``pairs`` and write its model folder.
 
     ``pairs``: {name: (normalized image, instance labels)} (or a list of pairs, named
-    ``pair-<i>``), all 2D or all 3D. The train/validation split is by pair: ``split``
-    ({'train': [...], 'validation': [...]}) if given, else the one saved in ``split_file``
-    (default: ``<out_dir>/split.json`` of a previous training), else a new seeded one,
-    saved. ``class_weights``: "auto" (median-frequency balancing of the training label
-    frequencies) or three numbers (background, contour, body).
+    ``pair-<i>``), all 2D or all 3D. The train/validation split is by pair, made once and
+    reused (see :func:`resolve_split`): ``split`` ({'train': [...], 'validation': [...]}) if
+    given, else the one saved in ``split_file``, else ``<out_dir>/split.json`` of a previous
+    training, else a new seeded one. Pass a ``split_file`` outside ``out_dir`` when a
+    workflow manager deletes the folder before retraining. ``class_weights``: "auto"
+    (median-frequency balancing of the training label frequencies) or three numbers
+    (background, contour, body).
 
     The folder (written atomically) holds ``config.json`` (architecture, training settings,
     class weights, split, post-processing thresholds tuned on the validation images,
@@ -743,8 +748,8 @@ def train_unet(pairs, out_dir: str | Path, *, split: dict | None = None, split_f
             "f1@0.5": float(at.loc[0.5, "f1"]) if 0.5 in at.index else None,
             "accuracy@0.5": float(at.loc[0.5, "accuracy"]) if 0.5 in at.index else None,
             "mean_f1": float(total["f1"].mean()),
-            "class_iou": cm["iou"],
-            "mean_class_iou": cm["mean_iou"],
+            "class_iou": {k: (None if np.isnan(v) else v) for k, v in cm["iou"].items()},
+            "mean_class_iou": None if np.isnan(cm["mean_iou"]) else cm["mean_iou"],
         }
         write_json(tmp / "config.json", config)
     log.info("U-Net trained: %d epochs, validation F1@0.5 %.3f", config["training"]["epochs_run"],

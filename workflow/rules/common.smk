@@ -124,4 +124,8 @@ def segmentation_model(wildcards):
 def segmentation_outputs():
     if config["segmentation"]["method"] == "none":
         return []
-    return expand("results/{sample}/objects.parquet", sample=SAMPLES)
+    return expand(
+        "results/{sample}/{name}",
+        sample=SAMPLES,
+        name=["objects.parquet", "qc/segmentation.png"],
+    )

@@ -21,4 +21,4 @@ rule ingest:
         settings=section_json("ingest"),
     shell:
         "{params.python} {params.script} --sample {params.sample:q} --settings {params.settings:q}"
-        " --out {output:q} --threads {threads} --log {log:q}"
+        " --out {output:q} --threads {threads} > {log:q} 2>&1"

@@ -23,4 +23,4 @@ rule normalize:
     shell:
         "{params.python} {params.script} --image {input:q} --out {output.image:q}"
         " --stats {output.stats:q} --settings {params.settings:q}"
-        " --ingest-settings {params.ingest_settings:q} --threads {threads} --log {log:q}"
+        " --ingest-settings {params.ingest_settings:q} --threads {threads} > {log:q} 2>&1"

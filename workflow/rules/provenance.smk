@@ -3,7 +3,12 @@ rule provenance:
         image_files,
         "results/{sample}/image.ome.zarr",
     output:
-        "results/{sample}/provenance.json",
+        report(
+            "results/{sample}/provenance.json",
+            caption="../report/provenance.rst",
+            category="Provenance",
+            subcategory="{sample}",
+        ),
     log:
         "logs/provenance/{sample}.log",
     conda:
@@ -20,7 +25,7 @@ rule provenance:
         repo=str(REPO),
     shell:
         "{params.python} {params.script} --sample {params.sample:q} --config {params.config:q}"
-        " --inputs {params.inputs:q} --repo {params.repo:q} --out {output:q} --log {log:q}"
+        " --inputs {params.inputs:q} --repo {params.repo:q} --out {output:q} > {log:q} 2>&1"
 
 
 rule summary:
@@ -42,4 +47,4 @@ rule summary:
         script=script("summary.py"),
         samples=list(SAMPLES),
     shell:
-        "{params.python} {params.script} --samples {params.samples:q} --out {output:q} --log {log:q}"
+        "{params.python} {params.script} --samples {params.samples:q} --out {output:q} > {log:q} 2>&1"

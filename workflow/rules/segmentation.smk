@@ -36,7 +36,7 @@ rule train_stardist:
         seed=config["seed"],
     shell:
         "{params.python} {params.script} --sources {params.sources:q} --settings {params.settings:q}"
-        " --split {params.split:q} --seed {params.seed} --out {output.model:q} --log {log:q}"
+        " --split {params.split:q} --seed {params.seed} --out {output.model:q} > {log:q} 2>&1"
 
 
 rule segment:
@@ -64,7 +64,7 @@ rule segment:
         settings=section_json("segmentation"),
     shell:
         "{params.python} {params.script} --model {input.model:q} --image {input.image:q}"
-        " --channel {params.channel} --settings {params.settings:q} --out {output:q} --log {log:q}"
+        " --channel {params.channel} --settings {params.settings:q} --out {output:q} > {log:q} 2>&1"
 
 
 rule measure:
@@ -88,4 +88,31 @@ rule measure:
         channel=lambda wc: SAMPLES[wc.sample].channel,
     shell:
         "{params.python} {params.script} --labels {input.labels:q} --image {input.image:q}"
-        " --channel {params.channel} --out {output:q} --log {log:q}"
+        " --channel {params.channel} --out {output:q} > {log:q} 2>&1"
+
+
+rule qc_segmentation:
+    input:
+        image=analysis_image,
+        labels="results/{sample}/labels.ome.zarr",
+    output:
+        report(
+            "results/{sample}/qc/segmentation.png",
+            caption="../report/segmentation_overlay.rst",
+            category="Segmentation",
+            subcategory="{sample}",
+        ),
+    log:
+        "logs/qc_segmentation/{sample}.log",
+    conda:
+        "../../envs/imaging.yaml"
+    resources:
+        mem_mb=mem_mb(),
+        runtime=runtime(),
+    params:
+        python=python_for("main"),
+        script=script("qc_overlay.py"),
+        channel=lambda wc: SAMPLES[wc.sample].channel,
+    shell:
+        "{params.python} {params.script} --image {input.image:q} --labels {input.labels:q}"
+        " --channel {params.channel} --title {wildcards.sample} --out {output:q} > {log:q} 2>&1"

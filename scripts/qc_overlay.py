@@ -1,0 +1,10 @@
+#!/usr/bin/env python3
+"""Rule entry point: segmentation outlines over the analysed image -> results/{sample}/qc/segmentation.png."""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+from snakescope import cli, steps  # noqa: E402
+
+cli.main(steps.qc_overlay_step, __doc__, steps.qc_overlay_arguments)

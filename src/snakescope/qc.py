@@ -1,0 +1,56 @@
+"""Quality-control figures for the report: the analysed image with segmentation outlines."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from . import ngff
+from .atomic import atomic_path
+from .frames import frames
+
+
+def _middle_plane(array, index, spatial_ndim: int) -> np.ndarray:
+    """A 2D view of a frame: the middle z plane of a stack, the plane itself in 2D."""
+    if spatial_ndim == 3:
+        z = array.shape[len(index)] // 2
+        return np.asarray(array[index + (z,)])
+    return np.asarray(array[index])
+
+
+def segmentation_overlay(image_path, labels_path, out_png, *, channel: int = 0, title: str = "") -> None:
+    """First, middle and last time point: the image (1-99.8 percentile contrast) with outlines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from skimage.segmentation import find_boundaries
+
+    from .segment import read_labels_image
+
+    image = ngff.read_image(image_path)
+    labels = read_labels_image(labels_path)
+    spatial_ndim = sum(a in "zyx" for a in image.axes)
+    all_frames = list(frames(image.axes, image.shape, channel))
+    picks = sorted({0, len(all_frames) // 2, len(all_frames) - 1})
+    fig, axes = plt.subplots(1, len(picks), figsize=(4.2 * len(picks), 4.4), squeeze=False)
+    for ax, i in zip(axes[0], picks):
+        t, index = all_frames[i]
+        plane = _middle_plane(image.data, index, spatial_ndim).astype(np.float32)
+        lab = _middle_plane(labels.data, (t,) if t is not None else (), spatial_ndim)
+        lo, hi = np.percentile(plane, [1, 99.8])
+        ax.imshow(plane, cmap="gray", vmin=lo, vmax=hi if hi > lo else lo + 1)
+        edges = np.ma.masked_where(~find_boundaries(lab, mode="inner"), np.ones(lab.shape))
+        ax.imshow(edges, cmap="autumn", alpha=0.9, interpolation="nearest")
+        n = len(np.unique(lab)) - (1 if 0 in lab else 0)
+        where = f"t={t}" if t is not None else "image"
+        ax.set_title(f"{where}{', middle z' if spatial_ndim == 3 else ''}: {n} objects", fontsize=9)
+        ax.axis("off")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    Path(out_png).parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out_png) as tmp:
+        fig.savefig(tmp, dpi=90, format="png")
+    plt.close(fig)
