@@ -62,3 +62,20 @@ def frames(axes: str, shape, channel: int | None = 0) -> Iterator[tuple[int | No
 
 def spatial_axes(axes: str) -> str:
     return "".join(a for a in axes if a in "zyx")
+
+
+@dataclass
+class ChannelStack:
+    """An NGFF array seen without its channel axis: ``stack[t]`` is one frame of ``channel``."""
+
+    array: object
+    axes: str
+    channel: int = 0
+
+    @property
+    def shape(self):
+        return tuple(s for a, s in zip(self.axes, self.array.shape) if a != "c")
+
+    def __getitem__(self, t):
+        index = tuple(self.channel if a == "c" else (t if a == "t" else slice(None)) for a in self.axes)
+        return np.asarray(self.array[index])

@@ -54,3 +54,39 @@ def segmentation_overlay(image_path, labels_path, out_png, *, channel: int = 0, 
     with atomic_path(out_png) as tmp:
         fig.savefig(tmp, dpi=90, format="png")
     plt.close(fig)
+
+
+def track_plot(tracks, out_png, *, title: str = "", summary: dict | None = None) -> None:
+    """Tracks drawn in the x-y plane (coloured by track, divisions marked), for the report."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    table = tracks.table
+    fig, ax = plt.subplots(figsize=(6, 6))
+    cmap = plt.get_cmap("tab20")
+    for track_id, rows in table.groupby("track_id", sort=True):
+        rows = rows.sort_values("t")
+        ax.plot(rows["x"], rows["y"], "-", lw=1, color=cmap(int(track_id) % 20))
+    lineage = tracks.lineage
+    parents = lineage.loc[lineage["parent"] > 0, "parent"].value_counts()
+    dividing = set(parents[parents >= 2].index)
+    ends = table.sort_values("t").groupby("track_id").tail(1)
+    div = ends[ends["track_id"].isin(dividing)]
+    ax.plot(div["x"], div["y"], "k*", ms=8, label=f"divisions ({len(div)})")
+    ax.invert_yaxis()
+    ax.set_aspect("equal")
+    ax.set_xlabel("x (px)")
+    ax.set_ylabel("y (px)")
+    if summary:
+        text = ", ".join(f"{k}: {v:.3g}" if isinstance(v, float) else f"{k}: {v}" for k, v in list(summary.items())[:6])
+        ax.set_title(f"{title}\n{text}", fontsize=8)
+    elif title:
+        ax.set_title(title)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    Path(out_png).parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out_png) as tmp:
+        fig.savefig(tmp, dpi=90, format="png")
+    plt.close(fig)

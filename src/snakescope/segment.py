@@ -242,10 +242,44 @@ def check_thresholds(prob_thresh, nms_thresh) -> None:
             raise InputError(f"segmentation.{name}", f"{value} is out of range: thresholds lie strictly between 0 and 1")
 
 
+def write_label_image(image_path, out_path, segment_frame, *, channel: int = 0, name: str = "segmentation",
+                      summary: dict | None = None) -> dict:
+    """Segment every frame of an NGFF image with ``segment_frame`` into an NGFF labels group.
+
+    ``segment_frame(frame, out)`` gets a lazy view of one frame (channel chosen) and a view of
+    the output Zarr array to fill, and returns the number of objects. The result is
+    ``out_path/labels/<name>``: uint32 labels with a nearest-neighbour pyramid, the image's
+    axes without c and its scale (NGFF ``image-label``), written atomically.
+    """
+    image = ngff.read_image(image_path)
+    label_axes = image.axes.replace("c", "")
+    label_shape = tuple(s for a, s in zip(image.axes, image.shape) if a != "c")
+    label_chunks = tuple(c for a, c in zip(image.axes, image.data.chunks) if a != "c")
+    counts = {}
+    with atomic_path(out_path) as tmp:
+        root = ngff.open_group(tmp, "w")
+        root.attrs["labels"] = [name]
+        group = root.create_group("labels").create_group(name)
+        shapes = ngff.pyramid_shapes(label_axes, label_shape, "auto")
+        levels = ngff.create_levels(group, shapes, label_chunks, np.uint32, "lz4")
+        for t, index in frames(image.axes, image.shape, channel):
+            out = FrameView(levels[0], (t,) if t is not None else ())
+            n = segment_frame(FrameView(image.data, index), out)
+            counts[str(t) if t is not None else "0"] = int(n)
+            log.info("frame %s: %d objects", t, n)
+        ngff.write_pyramid(group, label_axes, shapes, label_chunks, np.uint32, "lz4", 2, "nearest")
+        scale = [s for a, s in zip(image.axes, image.scale) if a != "c"]
+        group.attrs["multiscales"] = [ngff.multiscales_metadata(label_axes, scale, len(shapes), name, method="nearest")]
+        group.attrs["image-label"] = {"version": ngff.NGFF_VERSION, "source": {"image": "../../"}}
+        result = {**(summary or {}), "objects_per_frame": counts}
+        root.attrs["snakescope"] = {"segmentation": result}
+    return result
+
+
 def predict_stardist(model_dir, image_path, out_path, *, channel: int = 0, prob_thresh=None, nms_thresh=None,
                      block_size: int = 1024, min_overlap: int = 64, context: int | None = None,
                      name: str = "segmentation") -> dict:
-    """Segment every frame of an NGFF image into NGFF labels (``out_path``), block by block.
+    """StarDist instances for every frame of an NGFF image, into NGFF labels at ``out_path``.
 
     Frames larger than ``block_size`` go through ``predict_instances_big``: blocks overlap by
     ``min_overlap`` (at least the largest object) and see ``context`` extra pixels, each
@@ -261,37 +295,42 @@ def predict_stardist(model_dir, image_path, out_path, *, channel: int = 0, prob_
     thresholds = dict(model.thresholds._asdict()) if getattr(model, "thresholds", None) else {}
     kwargs = {"prob_thresh": prob_thresh if prob_thresh is not None else thresholds.get("prob"),
               "nms_thresh": nms_thresh if nms_thresh is not None else thresholds.get("nms")}
-    label_axes = image.axes.replace("c", "")
-    label_shape = tuple(s for a, s in zip(image.axes, image.shape) if a != "c")
-    label_chunks = tuple(c for a, c in zip(image.axes, image.data.chunks) if a != "c")
-    counts = {}
-    with atomic_path(out_path) as tmp:
-        root = ngff.open_group(tmp, "w")
-        root.attrs["labels"] = [name]
-        group = root.create_group("labels").create_group(name)
-        shapes = ngff.pyramid_shapes(label_axes, label_shape, "auto")
-        levels = ngff.create_levels(group, shapes, label_chunks, np.uint32, "lz4")
-        for t, index in frames(image.axes, image.shape, channel):
-            frame = FrameView(image.data, index)
-            out = FrameView(levels[0], (t,) if t is not None else ())
-            if max(frame.shape[-2:]) <= block_size:
-                labels, _ = model.predict_instances(frame[...], axes=spatial, **kwargs)
-                out[...] = labels.astype(np.uint32)
-                n = int(labels.max())
-            else:
-                ctx = context if context is not None else None
-                labels, details = model.predict_instances_big(
-                    frame, axes=spatial, block_size=_block(block_size, spatial), min_overlap=min_overlap,
-                    context=ctx, labels_out=out, show_progress=False, **kwargs)
-                n = len(details["prob"])
-            counts[str(t) if t is not None else "0"] = n
-            log.info("frame %s: %d objects", t, n)
-        ngff.write_pyramid(group, label_axes, shapes, label_chunks, np.uint32, "lz4", 2, "nearest")
-        group.attrs["multiscales"] = [ngff.multiscales_metadata(label_axes, [s for a, s in zip(image.axes, image.scale) if a != "c"], len(shapes), name, method="nearest")]
-        group.attrs["image-label"] = {"version": ngff.NGFF_VERSION, "source": {"image": "../../"}}
-        summary = {"model": str(model_dir), "thresholds": kwargs, "objects_per_frame": counts}
-        root.attrs["snakescope"] = {"segmentation": summary}
-    return summary
+
+    def segment_frame(frame, out):
+        if max(frame.shape[-2:]) <= block_size:
+            labels, _ = model.predict_instances(frame[...], axes=spatial, **kwargs)
+            out[...] = labels.astype(np.uint32)
+            return labels.max()
+        _, details = model.predict_instances_big(
+            frame, axes=spatial, block_size=_block(block_size, spatial), min_overlap=min_overlap,
+            context=context, labels_out=out, show_progress=False, **kwargs)
+        return len(details["prob"])
+
+    return write_label_image(image_path, out_path, segment_frame, channel=channel, name=name,
+                             summary={"method": "stardist", "model": str(model_dir), "thresholds": kwargs})
+
+
+def predict_unet(model_dir, image_path, out_path, *, channel: int = 0, block_size: int = 1024,
+                 name: str = "segmentation") -> dict:
+    """Three-class U-Net + seeded watershed instances for every frame, into NGFF labels."""
+    from . import unet
+
+    try:
+        model = unet.load_unet(model_dir)
+    except FileNotFoundError as exc:
+        raise InputError(model_dir, f"not a U-Net model folder ({exc})") from None
+    image = ngff.read_image(image_path)
+    if len(spatial_axes(image.axes)) != model.ndim:
+        raise InputError(image_path, f"a {model.ndim}D model cannot segment frames with axes {image.axes}")
+    block = tuple(min(block_size, 64) if a == "z" else block_size for a in spatial_axes(image.axes))
+
+    def segment_frame(frame, out):
+        labels = model.predict_instances(frame, block_shape=block, where=str(image_path))
+        out[...] = labels.astype(np.uint32)
+        return labels.max()
+
+    return write_label_image(image_path, out_path, segment_frame, channel=channel, name=name,
+                             summary={"method": "unet", "model": str(model_dir), "postprocessing": model.postprocessing})
 
 
 def _block(block_size: int, spatial: str):

@@ -79,6 +79,10 @@ def dumps(obj) -> str:
     return json.dumps(obj, sort_keys=True)
 
 
+def train_unet_arguments(p):
+    train_stardist_arguments(p)
+
+
 def train_stardist_arguments(p):
     p.add_argument("--sources", type=cli.json_arg, required=True, help="[{sample, image, labels, channel}] as JSON")
     p.add_argument("--settings", type=cli.json_arg, required=True, help="the config's segmentation section")
@@ -87,15 +91,37 @@ def train_stardist_arguments(p):
     p.add_argument("--out", required=True)
 
 
-def train_stardist_step(args):
+def _training_pairs(args):
     from . import segment
     from .splits import make_or_load_split
 
-    cfg = args.settings
     pairs = {}
     for src in args.sources:
         pairs.update(segment.load_pairs(segment.TrainingSource(**src)))
-    split = make_or_load_split(pairs, args.split, cfg.get("validation_fraction", 0.15), args.seed)
+    split = make_or_load_split(pairs, args.split, args.settings.get("validation_fraction", 0.15), args.seed)
+    return pairs, split
+
+
+def train_unet_step(args):
+    from . import unet
+
+    pairs, split = _training_pairs(args)
+    ndim = next(iter(pairs.values()))[0].ndim
+    cfg = dict(args.settings.get("unet", {}))
+    if ndim == 3:
+        cfg.update(args.settings.get("unet_3d", {}))
+    unet.train_unet(pairs, args.out, split={"train": split["train"], "validation": split["validation"]},
+                    architecture=cfg.get("architecture"), patch_shape=cfg.get("patch_size"),
+                    batch_size=cfg.get("batch_size", 8), epochs=cfg.get("epochs", 50),
+                    steps_per_epoch=cfg.get("steps_per_epoch", 50), learning_rate=cfg.get("learning_rate", 3e-4),
+                    patience=cfg.get("patience", 10), augment=cfg.get("augment", True), seed=args.seed)
+
+
+def train_stardist_step(args):
+    from . import segment
+
+    cfg = args.settings
+    pairs, split = _training_pairs(args)
     ndim = next(iter(pairs.values()))[0].ndim
     sd = dict(cfg.get("stardist", {}))
     if ndim == 3:
@@ -122,6 +148,10 @@ def segment_step(args):
     from . import segment
 
     cfg = args.settings
+    if cfg.get("method") == "unet":
+        segment.predict_unet(args.model, args.image, args.out, channel=args.channel,
+                             block_size=cfg.get("block_size", 1024))
+        return
     segment.predict_stardist(args.model, args.image, args.out, channel=args.channel,
                              prob_thresh=cfg.get("prob_thresh"), nms_thresh=cfg.get("nms_thresh"),
                              block_size=cfg.get("block_size", 1024), min_overlap=cfg.get("min_overlap", 64),
@@ -153,3 +183,115 @@ def qc_overlay_step(args):
     from .qc import segmentation_overlay
 
     segmentation_overlay(args.image, args.labels, args.out, channel=args.channel, title=args.title)
+
+
+def evaluate_segmentation_arguments(p):
+    p.add_argument("--labels", required=True, help="predicted labels.ome.zarr")
+    p.add_argument("--truth", required=True, help="ground-truth labels (TIFF or glob)")
+    p.add_argument("--sample", required=True)
+    p.add_argument("--out", required=True)
+
+
+def evaluate_segmentation_step(args):
+    from . import evaluate
+    from .atomic import atomic_path
+    from .segment import read_labels, read_labels_image
+
+    pred = read_labels_image(args.labels)
+    truth = read_labels(args.truth, pred.shape, f"sample {args.sample} ({args.labels})")
+    if "t" in pred.axes:
+        per_frame = {f"t{t}": evaluate.instance_metrics(truth[t], pred.data[t], where=args.labels)
+                     for t in range(pred.shape[0])}
+        table = evaluate.summarize(per_frame)
+    else:
+        table = evaluate.instance_metrics(truth, pred.data[...], where=args.labels)
+    table.insert(0, "sample", args.sample)
+    with atomic_path(args.out) as tmp:
+        table.to_csv(tmp, index=False)
+
+
+def gather_metrics_arguments(p):
+    p.add_argument("--inputs", nargs="+", required=True)
+    p.add_argument("--kind", choices=["segmentation", "tracking"], required=True)
+    p.add_argument("--out", required=True)
+
+
+def gather_metrics_step(args):
+    """Per-sample metrics plus the sum over samples (counts added, ratios recomputed)."""
+    import pandas as pd
+
+    from .atomic import atomic_path
+
+    if args.kind == "segmentation":
+        from . import evaluate
+
+        tables = {Path(p).parent.name: pd.read_csv(p) for p in args.inputs}
+        total = evaluate.summarize({k: t.drop(columns=["sample"]) for k, t in tables.items()})
+        total.insert(0, "sample", "ALL")
+        result = pd.concat([*tables.values(), total], ignore_index=True)
+    else:
+        from .ctc import summarize_metrics
+
+        per_sample = {Path(p).parent.name: json.loads(Path(p).read_text()) for p in args.inputs}
+        summary = summarize_metrics(per_sample)
+        rows = [{"sample": k, **{m: v for m, v in d.items() if not isinstance(v, (dict, list))}} for k, d in per_sample.items()]
+        rows.append({"sample": "ALL", **{m: v for m, v in summary["pooled"].items() if not isinstance(v, (dict, list))}})
+        result = pd.DataFrame(rows)
+    with atomic_path(args.out) as tmp:
+        result.to_csv(tmp, index=False)
+
+
+def track_arguments(p):
+    p.add_argument("--labels", required=True)
+    p.add_argument("--image", required=True, help="the analysed image (intensity for sub-pixel refinement)")
+    p.add_argument("--channel", type=int, default=0)
+    p.add_argument("--sample", required=True)
+    p.add_argument("--settings", type=cli.json_arg, required=True, help="the config's tracking section")
+    p.add_argument("--out-dir", required=True, help="CTC result folder")
+    p.add_argument("--table", required=True, help="napari tracks table (CSV)")
+    p.add_argument("--stats", required=True, help="per-track statistics (CSV)")
+    p.add_argument("--plot", required=True)
+
+
+def track_step(args):
+    from . import ngff
+    from .atomic import atomic_path
+    from .ctc import write_ctc_result
+    from .errors import InputError
+    from .frames import ChannelStack
+    from .qc import track_plot
+    from .segment import read_labels_image
+    from .tracking import detections_from_labels, link, summarize_tracks, track_statistics
+
+    cfg = args.settings
+    labels = read_labels_image(args.labels)
+    if "t" not in labels.axes:
+        raise InputError(f"sample {args.sample}", f"no time axis (axes {labels.axes}): tracking needs a time-lapse")
+    image = ngff.read_image(args.image)
+    voxel = [labels.voxel_size[a] for a in labels.axes if a in "zyx"]
+    intensity = ChannelStack(image.data, image.axes, args.channel) if cfg.get("refine", "none") != "none" else None
+    detections = detections_from_labels(labels.data, intensity, voxel_size=voxel, refine=cfg.get("refine", "none"),
+                                        axes=labels.axes.upper(), source=args.labels)
+    tracks = link(detections, max_distance=cfg["max_distance"], max_gap=cfg.get("max_gap", 2),
+                  gap_max_distance=cfg.get("gap_max_distance"), divisions=cfg.get("divisions", True),
+                  division_max_distance=cfg.get("division_max_distance"), voxel_size=voxel, source=args.sample)
+    write_ctc_result(labels.data, tracks, args.out_dir, source=args.labels)
+    stats = track_statistics(tracks, time_interval=labels.voxel_size.get("t"))
+    with atomic_path(args.table) as tmp:
+        tracks.table.to_csv(tmp, index=False)
+    with atomic_path(args.stats) as tmp:
+        stats.to_csv(tmp, index=False)
+    track_plot(tracks, args.plot, title=f"{args.sample}: {tracks.n_tracks} tracks, {tracks.n_divisions} divisions",
+               summary=summarize_tracks(stats))
+
+
+def evaluate_tracking_arguments(p):
+    p.add_argument("--result", required=True)
+    p.add_argument("--truth", required=True, help="CTC ground-truth folder (man_track.txt + masks)")
+    p.add_argument("--out", required=True)
+
+
+def evaluate_tracking_step(args):
+    from .ctc import evaluate_ctc
+
+    write_json(args.out, evaluate_ctc(args.result, args.truth))

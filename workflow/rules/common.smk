@@ -118,14 +118,41 @@ def segmentation_model(wildcards):
     """A pretrained model folder from the config, or the one this workflow trains."""
     ndim = f"{SAMPLES[wildcards.sample].spatial_ndim()}d"
     pretrained = config["segmentation"][f"model_{ndim}"]
-    return pretrained or f"results/models/stardist_{ndim}"
+    return pretrained or f"results/models/{config['segmentation']['method']}_{ndim}"
+
+
+def samples_with(column):
+    """Sample ids whose sheet row fills ``column`` (labels, tracks, points, target)."""
+    return [s.sample_id for s in SAMPLES.values() if getattr(s, column)]
+
+
+def time_lapse_samples():
+    return [
+        s.sample_id for s in SAMPLES.values() if s.axes is None or "T" in s.axes.upper()
+    ]
 
 
 def segmentation_outputs():
     if config["segmentation"]["method"] == "none":
         return []
-    return expand(
+    outputs = expand(
         "results/{sample}/{name}",
         sample=SAMPLES,
         name=["objects.parquet", "qc/segmentation.png"],
     )
+    if samples_with("labels"):
+        outputs.append("results/metrics/segmentation.csv")
+    return outputs
+
+
+def tracking_outputs():
+    if config["segmentation"]["method"] == "none" or not config["tracking"]["enabled"]:
+        return []
+    outputs = expand(
+        "results/{sample}/{name}",
+        sample=time_lapse_samples(),
+        name=["tracks.csv", "qc/tracks.png"],
+    )
+    if [s for s in samples_with("tracks") if s in time_lapse_samples()]:
+        outputs.append("results/metrics/tracking.csv")
+    return outputs

@@ -33,6 +33,7 @@ rule summary:
         expand("results/{sample}/normalized.ome.zarr", sample=SAMPLES),
         expand("results/{sample}/provenance.json", sample=SAMPLES),
         segmentation_outputs(),
+        tracking_outputs(),
     output:
         "results/summary.md",
     log:

@@ -1,4 +1,4 @@
-rule train_stardist:
+rule train_segmentation:
     input:
         images=lambda wc: [
             f"results/{s.sample_id}/normalized.ome.zarr"
@@ -6,19 +6,20 @@ rule train_stardist:
         ],
         labels=lambda wc: [s.labels for s in training_samples(wc.ndim)],
     output:
-        model=directory("results/models/stardist_{ndim}"),
+        model=directory("results/models/{method}_{ndim}"),
         curve=report(
-            "results/models/stardist_{ndim}/history.png",
+            "results/models/{method}_{ndim}/history.png",
             caption="../report/training_curve.rst",
             category="Training",
-            subcategory="StarDist {ndim}",
+            subcategory="{method} {ndim}",
         ),
     log:
-        "logs/train_stardist/{ndim}.log",
+        "logs/train_segmentation/{method}_{ndim}.log",
     benchmark:
-        "benchmarks/train_stardist/{ndim}.tsv"
+        "benchmarks/train_segmentation/{method}_{ndim}.tsv"
     wildcard_constraints:
         ndim="2d|3d",
+        method="stardist|unet",
     retries: config["resources"]["retries"]
     conda:
         "../../envs/tensorflow.yaml"
@@ -29,10 +30,10 @@ rule train_stardist:
         gpu=1,
     params:
         python=python_for("main"),
-        script=script("train_stardist.py"),
+        script=lambda wc: script(f"train_{wc.method}.py"),
         sources=lambda wc: training_sources(wc.ndim),
         settings=section_json("segmentation"),
-        split=lambda wc: f"{config['segmentation']['split_dir']}/stardist_{wc.ndim}.json",
+        split=lambda wc: f"{config['segmentation']['split_dir']}/{wc.method}_{wc.ndim}.json",
         seed=config["seed"],
     shell:
         "{params.python} {params.script} --sources {params.sources:q} --settings {params.settings:q}"
@@ -116,3 +117,49 @@ rule qc_segmentation:
     shell:
         "{params.python} {params.script} --image {input.image:q} --labels {input.labels:q}"
         " --channel {params.channel} --title {wildcards.sample} --out {output:q} > {log:q} 2>&1"
+
+
+rule evaluate_segmentation:
+    input:
+        labels="results/{sample}/labels.ome.zarr",
+        truth=lambda wc: SAMPLES[wc.sample].labels,
+    output:
+        "results/{sample}/segmentation_metrics.csv",
+    log:
+        "logs/evaluate_segmentation/{sample}.log",
+    conda:
+        "../../envs/tensorflow.yaml"
+    resources:
+        mem_mb=mem_mb(2),
+        runtime=runtime(),
+    params:
+        python=python_for("main"),
+        script=script("evaluate_segmentation.py"),
+    shell:
+        "{params.python} {params.script} --labels {input.labels:q} --truth {input.truth:q}"
+        " --sample {wildcards.sample} --out {output:q} > {log:q} 2>&1"
+
+
+rule gather_segmentation_metrics:
+    input:
+        lambda wc: [
+            f"results/{s}/segmentation_metrics.csv" for s in samples_with("labels")
+        ],
+    output:
+        report(
+            "results/metrics/segmentation.csv",
+            caption="../report/segmentation_metrics.rst",
+            category="Metrics",
+        ),
+    log:
+        "logs/gather_metrics/segmentation.log",
+    conda:
+        "../../envs/tensorflow.yaml"
+    resources:
+        mem_mb=mem_mb(),
+        runtime=runtime(),
+    params:
+        python=python_for("main"),
+        script=script("gather_metrics.py"),
+    shell:
+        "{params.python} {params.script} --kind segmentation --inputs {input:q} --out {output:q} > {log:q} 2>&1"

@@ -1,0 +1,10 @@
+#!/usr/bin/env python3
+"""Rule entry point: instance matching at IoU 0.5-0.9 against ground-truth labels -> results/{sample}/segmentation_metrics.csv."""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+from snakescope import cli, steps  # noqa: E402
+
+cli.main(steps.evaluate_segmentation_step, __doc__, steps.evaluate_segmentation_arguments)

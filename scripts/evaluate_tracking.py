@@ -1,0 +1,10 @@
+#!/usr/bin/env python3
+"""Rule entry point: TRA/DET/SEG and division scores against CTC ground truth -> results/{sample}/tracking_metrics.json."""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+from snakescope import cli, steps  # noqa: E402
+
+cli.main(steps.evaluate_tracking_step, __doc__, steps.evaluate_tracking_arguments)

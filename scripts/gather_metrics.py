@@ -1,0 +1,10 @@
+#!/usr/bin/env python3
+"""Rule entry point: per-sample metrics and their sum over samples -> results/metrics/*.csv."""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+from snakescope import cli, steps  # noqa: E402
+
+cli.main(steps.gather_metrics_step, __doc__, steps.gather_metrics_arguments)
