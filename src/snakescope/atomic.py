@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Iterator
 
@@ -50,19 +50,26 @@ def atomic_path(final: str | Path) -> Iterator[Path]:
         raise
 
 
+def _finite(value):
+    """NaN and infinities become null: strict JSON has no token for them."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    if hasattr(value, "item") and getattr(value, "ndim", 1) == 0:  # numpy scalars
+        return _finite(value.item())
+    return value
+
+
 def write_json(path: str | Path, data) -> None:
-    """Write JSON atomically (sorted keys so identical data gives identical bytes)."""
+    """Write strict JSON atomically (sorted keys so identical data gives identical bytes)."""
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+        tmp.write_text(json.dumps(_finite(data), indent=2, sort_keys=True, default=str, allow_nan=False) + "\n")
 
 
 def write_text(path: str | Path, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text)
 
-
-def temporary_sibling(path: str | Path) -> Path:
-    """A fresh temporary folder beside ``path`` (same file system, so renames stay atomic)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=path.name + ".", dir=path.parent))

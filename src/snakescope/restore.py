@@ -147,8 +147,6 @@ MIN_PATCHES = 8
 #: The default pool of training patches: twice the data's voxels, capped at this many.
 MAX_POOL_PATCHES = 8192
 MAX_POOL_BYTES = 512 * 2**20
-BLOCK_VOXELS_2D = 1024 * 1024
-BLOCK_SHAPE_3D = {"z": 32, "y": 256, "x": 256}
 
 
 # ---------------------------------------------------------------------------------------
@@ -943,6 +941,19 @@ class LoadedModel:
     def ndim(self) -> int:
         return self.info["ndim"]
 
+    def _graph(self):
+        """The network as one TensorFlow graph for any block shape: traced once (edge blocks
+        differ in shape), and graph mode fuses convolution, batch norm and ReLU, which a
+        plain eager call does not (measured 1.5x faster on CPU). Same kernels as the
+        ``keras_model.predict`` that csbdeep and n2v use."""
+        if getattr(self, "_graph_fn", None) is None:
+            import tensorflow as tf
+
+            keras_model = self.model.keras_model
+            spec = tf.TensorSpec([None] * (self.ndim + 1) + [1], tf.float32)
+            self._graph_fn = tf.function(lambda t: keras_model(t, training=False), input_signature=[spec])
+        return self._graph_fn
+
     def predict_fn(self):
         """block -> prediction; the spatial axes are the last ``ndim``, any axes before them a batch."""
         keras_model = self.model.keras_model
@@ -953,15 +964,14 @@ class LoadedModel:
             mean, std = np.float32(0), np.float32(1)
         nd = self.ndim
 
+        graph = self._graph()
+
         def fn(block: np.ndarray) -> np.ndarray:
             shape = block.shape
             x = block.reshape((-1,) + shape[len(shape) - nd:]).astype(np.float32, copy=False)
             if self.kind == "n2v":
                 x = (x - mean) / std
-            # A direct call: no per-shape graph tracing (the edge blocks differ in shape)
-            # and the same kernels as keras_model.predict, which csbdeep uses.
-            y = keras_model(x[..., None], training=False)
-            y = (y.numpy() if hasattr(y, "numpy") else np.asarray(y))[..., 0]  # a probabilistic CARE model: channel 0 is the mean
+            y = graph(x[..., None]).numpy()[..., 0]  # a probabilistic CARE model: channel 0 is the mean
             if self.kind == "n2v":
                 y = y * std + mean
             return y.reshape(shape).astype(np.float32, copy=False)
@@ -996,19 +1006,37 @@ def _frame_axes(axes: str, ndim: int) -> str:
     return "".join(a for a in axes if a not in spatial)
 
 
-def default_block_shape(axes: str, shape, ndim: int, chunks=None) -> dict:
-    """Blocks of about a million voxels: whole y-x tiles of 1024 x 1024 (2D) or
-    32 x 256 x 256 (3D), rounded to whole chunks where the chunks are smaller."""
-    target = {"y": 1024, "x": 1024} if ndim == 2 else dict(BLOCK_SHAPE_3D)
-    block = {}
-    for i, a in enumerate(axes):
-        if a in target:
-            b = min(target[a], shape[i])
-            if chunks is not None and chunks[i] < b:
-                b = max(chunks[i], b // chunks[i] * chunks[i])
-            block[a] = b
-        else:
-            block[a] = 1
+def default_block_shape(axes: str, shape, ndim: int, *, halo: int, n_first: int = 16, chunks=None) -> dict:
+    """Blocks whose outer region (core + halo) has at most ``2**26 / n_first`` voxels (about
+    4 M for 16 first-level filters: roughly 1 GiB of activations).
+
+    2D: y-x cores of up to 1024 x 1024; 3D: up to 32 z planes and the largest square y-x core
+    that fits. Cores are rounded down to whole chunks where chunks are smaller. Where one
+    y-x tile leaves room, the innermost frame axis (t, or z for a 2D model) is batched.
+    """
+    spatial = _spatial_axes(ndim)
+    size = dict(zip(axes, shape))
+    chunk = dict(zip(axes, chunks)) if chunks is not None else {}
+    budget = max(2**16, 2**26 // max(1, int(n_first)))
+    block = {a: 1 for a in axes}
+    z_outer = 1
+    if ndim == 3:
+        block["z"] = min(32, size["z"])
+        z_outer = min(size["z"] + 16, block["z"] + 2 * halo)  # the padding adds < 2**depth
+    side = int(math.sqrt(budget / z_outer)) - 2 * halo
+    side = max(64, min(1024, side))
+    for a in "yx":
+        b = min(side, size[a])
+        c = chunk.get(a)
+        if c and c < b:
+            b = max(c, b // c * c)
+        block[a] = b
+    if ndim == 3 and chunk.get("z") and chunk["z"] < block["z"]:
+        block["z"] = max(chunk["z"], block["z"] // chunk["z"] * chunk["z"])
+    frames = [a for a in axes if a not in spatial]
+    if frames:
+        outer = z_outer * min(size["y"], block["y"] + 2 * halo) * min(size["x"], block["x"] + 2 * halo)
+        block[frames[-1]] = int(max(1, min(size[frames[-1]], budget // max(1, outer))))
     return block
 
 
@@ -1019,10 +1047,11 @@ def predict_array(model: LoadedModel, read_region, write_region, shape, axes: st
     spatial = _spatial_axes(nd)
     if not set(spatial) <= set(axes):
         raise InputError("image", f"a {nd}D model needs axes {spatial!r}; the image has {axes!r}")
-    block = default_block_shape(axes, shape, nd, chunks)
+    h = model.info["halo"] if halo is None else int(halo)
+    block = default_block_shape(axes, shape, nd, halo=h, n_first=int(model.info["config"].get("unet_n_first", 32)),
+                                chunks=chunks)
     if block_shape:
         block.update({a: int(v) for a, v in dict(block_shape).items() if a in axes})
-    h = model.info["halo"] if halo is None else int(halo)
     halo_d = {a: (h if a in spatial else 0) for a in axes}
     align = {a: (model.info["align"] if a in spatial else 1) for a in axes}
     stats = predict_blockwise(read_region, write_region, shape, axes, block, halo_d, model.predict_fn(),
@@ -1044,7 +1073,10 @@ def predict(model_dir: str | Path, kind: str | None, in_path: str | Path, out_pa
     in_path, out_path = Path(in_path), Path(out_path)
     if not in_path.exists():
         raise InputError(in_path, "image does not exist")
-    image = ngff.read_image(in_path)
+    try:
+        image = ngff.read_image(in_path)
+    except Exception as exc:
+        raise InputError(in_path, f"is not a readable OME-NGFF image ({type(exc).__name__}: {exc})") from None
     src = as_source(image, channel, str(in_path))
     info = check_model(model_dir, kind)
     axes, shape = src.model_axes(), src.model_shape()

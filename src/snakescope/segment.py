@@ -103,6 +103,16 @@ def augmenter(seed: int, ndim: int):
 # Training
 
 
+def _deterministic(seed: int) -> None:
+    """Same seed, same weights on CPU: seeded RNGs and TensorFlow's deterministic kernels."""
+    import keras
+    import tensorflow as tf
+
+    keras.utils.set_random_seed(seed)
+    np.random.seed(seed)
+    tf.config.experimental.enable_op_determinism()
+
+
 def _patch_size(shapes, wanted, multiple: int = 16):
     smallest = np.min(np.array(shapes), axis=0)
     patch = []
@@ -144,8 +154,7 @@ def train_stardist(pairs: dict, out_dir: str | Path, *, split: dict, voxel_size=
 
     from .curves import plot_curves
 
-    keras.utils.set_random_seed(seed)
-    np.random.seed(seed)
+    _deterministic(seed)
     train_keys = [k for k in split["train"] if k in pairs]
     val_keys = [k for k in split["validation"] if k in pairs]
     if not train_keys:
