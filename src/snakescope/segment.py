@@ -103,14 +103,15 @@ def augmenter(seed: int, ndim: int):
 # Training
 
 
-def _deterministic(seed: int) -> None:
-    """Same seed, same weights on CPU: seeded RNGs and TensorFlow's deterministic kernels."""
+def _deterministic(seed: int, strict: bool = True) -> None:
+    """Same seed, same weights on CPU: seeded RNGs and (strict) TensorFlow's deterministic kernels."""
     import keras
     import tensorflow as tf
 
     keras.utils.set_random_seed(seed)
     np.random.seed(seed)
-    tf.config.experimental.enable_op_determinism()
+    if strict:
+        tf.config.experimental.enable_op_determinism()
 
 
 def _patch_size(shapes, wanted, multiple: int = 16):
@@ -138,10 +139,28 @@ def qc_field_of_view(model, labels_list) -> list[str]:
     return warnings
 
 
+def TimeBudget(seconds: float):
+    """A Keras callback that ends training after ``seconds`` of wall-clock time (at an epoch end)."""
+    import keras
+
+    class _TimeBudget(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            self.start = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            if time.perf_counter() - self.start > seconds:
+                log.info("time budget of %.0f s spent after epoch %d", seconds, epoch + 1)
+                self.model.stop_training = True
+
+    return _TimeBudget()
+
+
 def train_stardist(pairs: dict, out_dir: str | Path, *, split: dict, voxel_size=None, n_rays: int = 32,
                    grid=None, patch_size=(256, 256), epochs: int = 100, steps_per_epoch: int = 100,
                    batch_size: int = 4, learning_rate: float = 3e-4, patience: int = 20,
-                   unet_n_depth: int = 3, augment: bool = True, seed: int = 42) -> dict:
+                   unet_n_depth: int = 3, augment: bool = True, seed: int = 42,
+                   time_budget_s: float | None = None, reduce_lr_patience: int | None = None,
+                   deterministic: bool = True) -> dict:
     """Train a 2D or 3D StarDist model on ``pairs`` (key -> (image, labels)); write its folder.
 
     The folder holds config.json, weights_best.h5, weights_last.h5 and thresholds.json (the
@@ -154,7 +173,7 @@ def train_stardist(pairs: dict, out_dir: str | Path, *, split: dict, voxel_size=
 
     from .curves import plot_curves
 
-    _deterministic(seed)
+    _deterministic(seed, deterministic)
     train_keys = [k for k in split["train"] if k in pairs]
     val_keys = [k for k in split["validation"] if k in pairs]
     if not train_keys:
@@ -184,6 +203,12 @@ def train_stardist(pairs: dict, out_dir: str | Path, *, split: dict, voxel_size=
         model.callbacks.append(keras.callbacks.CSVLogger(str(tmp / "history.csv")))
         if patience:
             model.callbacks.append(keras.callbacks.EarlyStopping(monitor="val_loss", patience=patience))
+        if reduce_lr_patience:
+            model.callbacks = [c for c in model.callbacks if not isinstance(c, keras.callbacks.ReduceLROnPlateau)]
+            model.callbacks.append(keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.5,
+                                                                     patience=reduce_lr_patience, min_lr=1e-5))
+        if time_budget_s:
+            model.callbacks.append(TimeBudget(time_budget_s))
         start = time.perf_counter()
         model.train(X, Y, validation_data=(Xv, Yv), augmenter=augmenter(seed, ndim) if augment else None,
                     epochs=epochs, steps_per_epoch=steps_per_epoch, seed=seed)

@@ -295,3 +295,58 @@ def evaluate_tracking_step(args):
     from .ctc import evaluate_ctc
 
     write_json(args.out, evaluate_ctc(args.result, args.truth))
+
+
+def train_classifier_arguments(p):
+    p.add_argument("--sources", type=cli.json_arg, required=True, help="[{sample, image, points, channel}] as JSON")
+    p.add_argument("--settings", type=cli.json_arg, required=True, help="the config's classification section")
+    p.add_argument("--split", required=True, help="split file: reused when it exists")
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--out", required=True)
+
+
+def train_classifier_step(args):
+    import numpy as np
+
+    from . import classify, ngff
+
+    cfg = args.settings
+    patches, labels, ids = [], [], []
+    for src in args.sources:
+        image = ngff.read_image(src["image"])
+        spatial = [a for a in image.axes if a in "zyx"]
+        size = ([cfg.get("patch_size_z", 8)] if "z" in spatial else []) + list(cfg.get("patch_size", [32, 32]))
+        channels = [src["channel"]] if "c" in image.axes else None
+        p, lab, i, _ = classify.patches_from_annotations(image.data, image.axes, src["points"], size,
+                                                         cfg.get("time_window", 0), channels=channels)
+        patches.append(p)
+        labels += lab
+        ids += [f"{src['sample']}:{k}" for k in i]
+    classify.train_classifier(
+        np.concatenate(patches), labels, args.out, epochs=cfg.get("epochs", 100), batch_size=cfg.get("batch_size", 32),
+        learning_rate=cfg.get("learning_rate", 1e-3), imbalance=cfg.get("imbalance", "weights"),
+        augment=cfg.get("augment", True), patience=cfg.get("patience", 10), seed=args.seed,
+        split_path=args.split, ids=ids, fractions=tuple(cfg.get("split_fractions", (0.7, 0.15, 0.15))))
+
+
+def classify_arguments(p):
+    p.add_argument("--objects", required=True, help="measurements.parquet")
+    p.add_argument("--image", required=True)
+    p.add_argument("--channel", type=int, default=0)
+    p.add_argument("--model", default="", help="classifier folder; empty = no classification")
+    p.add_argument("--out", required=True)
+
+
+def classify_step(args):
+    import pandas as pd
+
+    from . import classify, ngff
+    from .atomic import atomic_path
+
+    objects = pd.read_parquet(args.objects)
+    if args.model and len(objects):
+        image = ngff.read_image(args.image)
+        channels = [args.channel] if "c" in image.axes else None
+        objects = classify.classify_objects(args.model, image.data, image.axes, objects, channels=channels)
+    with atomic_path(args.out) as tmp:
+        objects.to_parquet(tmp, index=False)

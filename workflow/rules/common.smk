@@ -156,3 +156,35 @@ def tracking_outputs():
     if [s for s in samples_with("tracks") if s in time_lapse_samples()]:
         outputs.append("results/metrics/tracking.csv")
     return outputs
+
+
+def classifier_training_samples(ndim):
+    return [s for s in samples_of_ndim(ndim) if s.points]
+
+
+def classifier_sources(ndim):
+    return json.dumps(
+        [
+            {
+                "sample": s.sample_id,
+                "image": f"results/{s.sample_id}/normalized.ome.zarr",
+                "points": s.points,
+                "channel": s.channel,
+            }
+            for s in classifier_training_samples(ndim)
+        ],
+        sort_keys=True,
+    )
+
+
+def classifier_model(wildcards):
+    """The classifier for this sample's dimensionality: pretrained, trained here, or none."""
+    cfg = config["classification"]
+    ndim = f"{SAMPLES[wildcards.sample].spatial_ndim()}d"
+    if not cfg["enabled"]:
+        return []
+    if cfg[f"model_{ndim}"]:
+        return cfg[f"model_{ndim}"]
+    if classifier_training_samples(ndim):
+        return f"results/models/classifier_{ndim}"
+    return []

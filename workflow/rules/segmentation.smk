@@ -73,7 +73,7 @@ rule measure:
         labels="results/{sample}/labels.ome.zarr",
         image="results/{sample}/image.ome.zarr",
     output:
-        "results/{sample}/objects.parquet",
+        temp("results/{sample}/measurements.parquet"),
     log:
         "logs/measure/{sample}.log",
     retries: config["resources"]["retries"]
