@@ -1111,6 +1111,9 @@ def train_classifier(
         sample_weights = np.array([weights_by_class[c] for c in labels], dtype=np.float32)
 
     keras.utils.set_random_seed(int(seed))
+    import tensorflow as tf
+
+    tf.config.experimental.enable_op_determinism()  # same seed, same weights on CPU
     architecture = {
         "filters": [int(f) for f in filters], "dense": [int(d) for d in dense], "dropout": float(dropout),
         "batch_norm": bool(batch_norm), "global_pool": bool(global_pool), "convs_per_block": int(convs_per_block),

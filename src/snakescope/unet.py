@@ -665,6 +665,9 @@ def train_unet(pairs, out_dir: str | Path, *, split: dict | None = None, split_f
 
     out_dir = Path(out_dir)
     keras.utils.set_random_seed(seed)
+    import tensorflow as tf
+
+    tf.config.experimental.enable_op_determinism()  # same seed, same weights on CPU
     with atomic_path(out_dir) as tmp:
         tmp.mkdir(parents=True)
         train_keys, val_keys, notes = resolve_split(checked, out_dir, tmp, split=split, split_file=split_file,
