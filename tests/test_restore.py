@@ -1,9 +1,9 @@
 """Restoration: blockwise tiling, patch sampling, N2V (n2v env) and CARE (main env), metrics.
 
 The N2V checks need the n2v environment (n2v 0.3.3 works only with TF 2.15 / numpy 1.26):
-one subprocess runs all of them (TensorFlow takes seconds to start) and is started by the
-first test of this module, so it trains while the main-environment tests run; the N2V tests
-at the end of the file read its results.
+one subprocess runs all of them (TensorFlow takes seconds to start). It is started just
+before the CARE training, so both train at the same time; the N2V tests at the end of the
+file read its results.
 """
 
 from __future__ import annotations
@@ -181,12 +181,6 @@ def n2v_root(tmp_path_factory):
         N2VRun.proc.wait()
 
 
-@pytest.fixture(autouse=True)
-def _start_n2v_early(n2v_root):
-    """Every test starts the N2V subprocess if it is not running yet (the first one does)."""
-    yield
-
-
 # ---------------------------------------------------------------------------------------
 # Tiling.
 
@@ -259,6 +253,21 @@ def test_receptive_halo_covers_csbdeep_table():
     for (depth, kern), overlap in from_table.items():
         halo = receptive_halo(depth, kern)
         assert halo >= overlap and halo % 2**depth == 0 and halo - overlap < 2**depth + 6
+
+
+def test_default_blocks_bound_memory_not_volume():
+    from snakescope.restore import default_block_shape
+
+    for axes, shape, nd in [("tyx", (65, 4096, 4096), 2), ("tyx", (500, 256, 256), 2), ("zyx", (200, 4096, 4096), 3),
+                            ("tczyx"[:1] + "zyx", (3, 40, 2048, 2048), 3)]:
+        block = default_block_shape(axes, shape, nd, halo=24, n_first=16, chunks=tuple(min(512, s) for s in shape))
+        outer = 1
+        for a, n in zip(axes, shape):
+            b = block[a]
+            assert 1 <= b <= n
+            outer *= min(n + 8, b + 48) if a in "zyx"[3 - nd:] else b
+        assert outer <= 2**26 // 16  # about 4 M voxels of input per block, whatever the volume
+    assert default_block_shape("tyx", (500, 256, 256), 2, halo=24)["t"] > 1  # small frames are batched
 
 
 # ---------------------------------------------------------------------------------------
@@ -420,7 +429,8 @@ def test_missing_or_incompatible_model_folder(tmp_path, rng):
 
 
 @pytest.fixture(scope="module")
-def care(tmp_path_factory):
+def care(tmp_path_factory, n2v_root):
+    """Trains CARE once; first starts the N2V subprocess, which then trains alongside."""
     root = tmp_path_factory.mktemp("care")
     rng = np.random.default_rng(2)
     clean = smooth_image(rng, (3, 96, 96), 3.0)

@@ -1035,7 +1035,7 @@ def default_block_shape(axes: str, shape, ndim: int, *, halo: int, n_first: int 
         block["z"] = max(chunk["z"], block["z"] // chunk["z"] * chunk["z"])
     frames = [a for a in axes if a not in spatial]
     if frames:
-        outer = z_outer * min(size["y"], block["y"] + 2 * halo) * min(size["x"], block["x"] + 2 * halo)
+        outer = z_outer * min(size["y"] + 16, block["y"] + 2 * halo) * min(size["x"] + 16, block["x"] + 2 * halo)
         block[frames[-1]] = int(max(1, min(size[frames[-1]], budget // max(1, outer))))
     return block
 

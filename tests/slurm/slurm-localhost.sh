@@ -22,11 +22,13 @@
 #
 # What it configures, and why (facts from trying SLURM 22.05 on this machine type):
 # * No slurmdbd: `sacct` does not work, so the Snakemake SLURM plugin must be run with
-#   `--slurm-status-command squeue`; MinJobAge=300 keeps finished jobs visible to squeue
-#   (the plugin wants MinJobAge >= 3x its first status-check delay).
+#   `--slurm-status-command squeue`; MinJobAge keeps finished jobs visible to squeue
+#   (the plugin wants MinJobAge >= 3x its first status-check delay; 1 h here, so that tests
+#   can also read finished jobs' records with scontrol).
 # * No cgroups (containers): proctrack/linuxproc, task/none. Memory is enforced by
 #   jobacct_gather/linux sampling every second with OverMemoryKill: a job whose processes
-#   together exceed --mem is killed (state OUT_OF_MEMORY), as cgroups would on a real cluster.
+#   together exceed --mem is killed (job state FAILED, "exceeded memory limit" in its log),
+#   as cgroups would do on a real cluster (there: state OUT_OF_MEMORY).
 # * GresTypes=gpu with FAKE_GPUS File=/dev/null entries (slurmd drops file-less GPUs).
 # * KillWait=5: a cancelled job gets SIGKILL 5 s after SIGTERM (default 30), to keep tests short.
 set -euo pipefail
@@ -184,8 +186,9 @@ SelectTypeParameters=CR_Core_Memory
 ReturnToService=2
 MpiDefault=none
 MailProg=/bin/true
-# finished jobs stay visible to squeue for 5 min (the plugin's squeue status mode)
-MinJobAge=300
+# finished jobs stay visible to squeue/scontrol for an hour: the plugin's squeue status mode
+# needs >= 3x its first status-check delay, the tests read finished jobs' records
+MinJobAge=3600
 KillWait=5
 JobCompType=jobcomp/none
 # no slurmdbd; memory enforced by sampling (no cgroups): see the header

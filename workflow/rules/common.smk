@@ -132,28 +132,42 @@ def time_lapse_samples():
     ]
 
 
-def segmentation_outputs():
+def can_segment(sample):
+    """A model exists for the sample's dimensionality: pretrained, or trainable from labels."""
+    ndim = f"{sample.spatial_ndim()}d"
+    return bool(config["segmentation"][f"model_{ndim}"] or training_samples(ndim))
+
+
+def segmented_samples():
     if config["segmentation"]["method"] == "none":
         return []
+    return [s.sample_id for s in SAMPLES.values() if can_segment(s)]
+
+
+def segmentation_outputs():
     outputs = expand(
         "results/{sample}/{name}",
-        sample=SAMPLES,
+        sample=segmented_samples(),
         name=["objects.parquet", "qc/segmentation.png"],
     )
-    if samples_with("labels"):
+    if [s for s in samples_with("labels") if s in segmented_samples()]:
         outputs.append("results/metrics/segmentation.csv")
     return outputs
 
 
-def tracking_outputs():
-    if config["segmentation"]["method"] == "none" or not config["tracking"]["enabled"]:
+def tracked_samples():
+    if not config["tracking"]["enabled"]:
         return []
+    return [s for s in time_lapse_samples() if s in segmented_samples()]
+
+
+def tracking_outputs():
     outputs = expand(
         "results/{sample}/{name}",
-        sample=time_lapse_samples(),
+        sample=tracked_samples(),
         name=["tracks.csv", "qc/tracks.png"],
     )
-    if [s for s in samples_with("tracks") if s in time_lapse_samples()]:
+    if [s for s in samples_with("tracks") if s in tracked_samples()]:
         outputs.append("results/metrics/tracking.csv")
     return outputs
 
@@ -188,3 +202,12 @@ def classifier_model(wildcards):
     if classifier_training_samples(ndim):
         return f"results/models/classifier_{ndim}"
     return []
+
+
+for _sample in SAMPLES.values():
+    if config["segmentation"]["method"] != "none" and not can_segment(_sample):
+        logger.warning(
+            f"sample {_sample.sample_id}: no {_sample.spatial_ndim()}D segmentation model "
+            "(no pretrained model_*d in the config and no sample of that dimensionality "
+            "with labels): it is ingested and normalized only"
+        )

@@ -143,7 +143,9 @@ rule evaluate_segmentation:
 rule gather_segmentation_metrics:
     input:
         lambda wc: [
-            f"results/{s}/segmentation_metrics.csv" for s in samples_with("labels")
+            f"results/{s}/segmentation_metrics.csv"
+            for s in samples_with("labels")
+            if s in segmented_samples()
         ],
     output:
         report(

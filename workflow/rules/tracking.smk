@@ -60,7 +60,7 @@ rule gather_tracking_metrics:
         lambda wc: [
             f"results/{s}/tracking_metrics.json"
             for s in samples_with("tracks")
-            if s in time_lapse_samples()
+            if s in tracked_samples()
         ],
     output:
         report(
