@@ -79,16 +79,21 @@ def dumps(obj) -> str:
     return json.dumps(obj, sort_keys=True)
 
 
-def train_unet_arguments(p):
-    train_stardist_arguments(p)
-
-
-def train_stardist_arguments(p):
-    p.add_argument("--sources", type=cli.json_arg, required=True, help="[{sample, image, labels, channel}] as JSON")
-    p.add_argument("--settings", type=cli.json_arg, required=True, help="the config's segmentation section")
+def _training_arguments(p, annotation: str, section: str):
+    """Arguments shared by every training step: its samples, settings, split, seed, output."""
+    p.add_argument("--sources", type=cli.json_arg, required=True, help=f"[{{sample, image, {annotation}, channel}}] as JSON")
+    p.add_argument("--settings", type=cli.json_arg, required=True, help=f"the config's {section} section")
     p.add_argument("--split", required=True, help="split file: reused when it exists")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--out", required=True)
+
+
+def train_unet_arguments(p):
+    _training_arguments(p, "labels", "segmentation")
+
+
+def train_stardist_arguments(p):
+    _training_arguments(p, "labels", "segmentation")
 
 
 def _training_pairs(args):
@@ -298,11 +303,7 @@ def evaluate_tracking_step(args):
 
 
 def train_classifier_arguments(p):
-    p.add_argument("--sources", type=cli.json_arg, required=True, help="[{sample, image, points, channel}] as JSON")
-    p.add_argument("--settings", type=cli.json_arg, required=True, help="the config's classification section")
-    p.add_argument("--split", required=True, help="split file: reused when it exists")
-    p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--out", required=True)
+    _training_arguments(p, "points", "classification")
 
 
 def train_classifier_step(args):
