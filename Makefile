@@ -29,8 +29,11 @@ resources/demo/.done: src/snakescope/demo.py src/snakescope/synthetic.py | setup
 
 demo: setup resources/demo/.done
 	$(SNAKEMAKE) --profile profiles/local --configfile config/demo.yaml
+	$(SNAKEMAKE) --profile profiles/local --configfile config/demo.yaml --report results/report.html
 	@echo
 	@cat results/summary.md
+	@echo "HTML report: results/report.html"
+	@echo "Demo models were trained with tiny budgets (config/demo.yaml): the figures show the pipeline works, not its accuracy."
 
 test: setup
 	$(MAIN) -m pytest

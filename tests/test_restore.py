@@ -34,6 +34,9 @@ from snakescope.restore import (
 )
 from snakescope.tiling import iter_blocks, predict_blockwise, receptive_halo, split_pad
 
+# Keras 3 converts tensors with np.array(x) inside fit (its own deprecation, not ours).
+pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword")
+
 REPO = Path(__file__).resolve().parents[1]
 N2V_PYTHON = REPO / ".venv" / "n2v" / "bin" / "python"
 
@@ -445,6 +448,7 @@ def care(tmp_path_factory, n2v_root):
     return {"root": root, "src": src, "tgt": tgt, "clean": clean, "noisy": noisy, "summary": summary}
 
 
+@pytest.mark.slow
 def test_care_training_writes_model_folder_and_curves(care):
     model = care["root"] / "model"
     names = {p.name for p in model.iterdir()}
@@ -464,9 +468,10 @@ def test_care_training_writes_model_folder_and_curves(care):
     assert not list(care["root"].glob("model.partial-*"))
 
 
+@pytest.mark.slow
 def test_care_blockwise_prediction_equals_whole_image(care):
     out = care["root"] / "restored.ome.zarr"
-    summary = predict(care["root"] / "model", "care", care["src"], out, channel=0, block_shape={"y": 40, "x": 48})
+    summary = predict(care["root"] / "model", "care", care["src"], out, channel=0, block_shape={"t": 1, "y": 40, "x": 48})
     assert summary["n_blocks"] == 3 * 3 * 2
     restored = ngff.read_image(out)
     source = ngff.read_image(care["src"])
@@ -483,6 +488,7 @@ def test_care_blockwise_prediction_equals_whole_image(care):
     np.testing.assert_allclose(restored.data[:, 0], whole, rtol=0, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_care_reduces_error_and_metrics(care):
     out = care["root"] / "restored_cli.ome.zarr"
     metrics_path = care["root"] / "metrics.json"
@@ -510,6 +516,7 @@ def n2v(n2v_root):
     return N2VRun.result()
 
 
+@pytest.mark.slow
 def test_n2v_training_writes_model_folder_csv_and_png(n2v, n2v_root):
     assert n2v["train_rc"] == 0
     model = n2v_root / "n2v2d"
@@ -529,6 +536,7 @@ def test_n2v_training_writes_model_folder_csv_and_png(n2v, n2v_root):
     assert check_model(model, "n2v")["ndim"] == 2  # the main environment can validate N2V folders
 
 
+@pytest.mark.slow
 def test_n2v_blockwise_prediction_equals_whole_image(n2v):
     assert n2v["predict_rc"] == 0
     assert n2v["pred_shape"] == [2, 96, 112] and n2v["pred_dtype"] == "float32"
@@ -536,11 +544,13 @@ def test_n2v_blockwise_prediction_equals_whole_image(n2v):
     assert n2v["max_abs_diff_3d"] <= 1e-5 * 10
 
 
+@pytest.mark.slow
 def test_n2v_3d_model_from_z_stack(n2v):
     assert n2v["train3d"]["ndim"] == 3 and n2v["train3d"]["patch_shape"] == [8, 16, 16]
     assert n2v["train3d"]["epochs_run"] == 1
 
 
+@pytest.mark.slow
 def test_n2v_pretrained_folder_and_bad_model_folders(n2v):
     assert n2v["pretrained_same"]
     assert "broken_model" in n2v["broken_error"] and "cannot be loaded" in n2v["broken_error"]

@@ -6,6 +6,7 @@ run (checksums of array contents and tables), and nothing cut short is ever take
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import signal
@@ -33,8 +34,19 @@ def interrupt_when(wd: Path, condition, sig: int, timeout: float = 600) -> None:
             assert proc.poll() is None, "the workflow ended before the interruption point"
             assert time.time() < deadline, "the interruption point was never reached"
             time.sleep(0.05)
-        os.killpg(proc.pid, sig)
-        proc.wait(timeout=120)
+        if sig == signal.SIGKILL:
+            # A crash of the whole session (node failure): Snakemake and every job die at
+            # once. (Jobs run in sessions of their own, so killing Snakemake alone would
+            # leave them running to completion, which is not an interruption.)
+            import psutil
+
+            victims = [proc.pid] + [p.pid for p in psutil.Process(proc.pid).children(recursive=True)]
+            for pid in victims:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+        else:
+            os.killpg(proc.pid, sig)
+        proc.wait(timeout=300)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
