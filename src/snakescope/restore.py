@@ -53,7 +53,6 @@ import contextlib
 import json
 import logging
 import math
-import os
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -483,12 +482,13 @@ def _keras(name: str):
     return keras_import("callbacks", name)
 
 
-def _make_schedule_callback(kind: str, lr0: float, total_steps: int, time_limit: float | None):
+def _make_schedule_callback(kind: str, lr0: float, total_steps: int, deadline: float | None):
     """Learning-rate schedule and wall-clock budget in one callback.
 
-    Progress is the larger of steps done / planned and seconds spent / ``time_limit``, so a
-    budget cut ends the cosine decay at its end rather than at a high rate. When progress
-    reaches 1 training stops after the current step (the epoch still validates).
+    Progress is the larger of steps done / planned and the share of the time from the start
+    of fitting to ``deadline`` (a ``time.perf_counter()`` value) already spent, so a budget
+    cut ends the cosine decay at its end rather than at a high rate. When progress reaches 1
+    training stops after the current step (the epoch still validates).
     """
     Callback = _keras("Callback")
 
@@ -513,8 +513,9 @@ def _make_schedule_callback(kind: str, lr0: float, total_steps: int, time_limit:
 
         def progress(self):
             p = self.step / max(1, total_steps)
-            if time_limit:
-                p = max(p, (time.perf_counter() - self.start) / float(time_limit))
+            if deadline is not None:
+                now = time.perf_counter()
+                p = max(p, 1.0 if now >= deadline else (now - self.start) / (deadline - self.start))
             return p
 
         def on_train_batch_begin(self, batch, logs=None):
@@ -528,7 +529,7 @@ def _make_schedule_callback(kind: str, lr0: float, total_steps: int, time_limit:
 
         def on_train_batch_end(self, batch, logs=None):
             self.step += 1
-            if time_limit and self.progress() >= 1.0:
+            if deadline is not None and self.progress() >= 1.0:
                 self.model.stop_training = True
 
         def on_epoch_end(self, epoch, logs=None):
@@ -571,15 +572,18 @@ def _log_to(path: Path):
         handler.close()
 
 
+def _check_schedule(kind) -> None:
+    if kind not in ("cosine", "plateau", "constant"):
+        raise InputError("lr_schedule", f"{kind!r} is not one of cosine, plateau, constant")
+
+
 def _fit(model, batches, validation, *, epochs, steps_per_epoch, learning_rate, lr_schedule, patience,
-         time_limit, logdir: Path) -> dict:
+         deadline, logdir: Path) -> dict:
     """Fit a prepared csbdeep/n2v model; write weights_best/last.h5, training.csv and .png."""
     from .curves import plot_curves
 
-    if lr_schedule not in ("cosine", "plateau", "constant"):
-        raise InputError("lr_schedule", f"{lr_schedule!r} is not one of cosine, plateau, constant")
     callbacks = list(model.callbacks)
-    callbacks.append(_make_schedule_callback(lr_schedule, learning_rate, epochs * steps_per_epoch, time_limit))
+    callbacks.append(_make_schedule_callback(lr_schedule, learning_rate, epochs * steps_per_epoch, deadline))
     if lr_schedule == "plateau":
         callbacks.append(_keras("ReduceLROnPlateau")(monitor="val_loss", factor=0.5, patience=max(2, (patience or 10) // 2),
                                                      verbose=0))
@@ -690,10 +694,12 @@ def train_n2v(images, out_dir: str | Path, *, channel: int | None = None, ndim: 
 
     ``images``: normalized NGFF image paths (or NgffImages / ``(array, axes)`` pairs); all
     are read patch by patch. Settings left ``None`` take :data:`N2V_DEFAULTS`. ``patience``:
-    early stopping on the validation loss (0 or None: off); ``time_limit``: seconds of
-    training at most (the cosine schedule then decays within that budget). Returns a summary
+    early stopping on the validation loss (0 or None: off); ``time_limit``: wall-clock
+    seconds for the whole call (imports and patch sampling included; the cosine schedule then
+    decays within what is left, and the weights, curves and files come a few seconds after). Returns a summary
     (also stored in ``snakescope.json`` in the folder).
     """
+    t_start = time.perf_counter()
     s = dict(N2V_DEFAULTS)
     given = dict(patch_shape=patch_shape, n2v_perc_pix=n2v_perc_pix, manipulator=manipulator,
                  neighborhood_radius=neighborhood_radius, epochs=epochs, steps_per_epoch=steps_per_epoch,
@@ -702,6 +708,7 @@ def train_n2v(images, out_dir: str | Path, *, channel: int | None = None, ndim: 
                  unet_kern_size=unet_kern_size, unet_n_first=unet_n_first, batch_norm=batch_norm, blurpool=blurpool,
                  skip_skipone=skip_skipone, loss=loss, augment=augment, time_limit=time_limit)
     s.update({k: v for k, v in given.items() if v is not None})
+    _check_schedule(s["lr_schedule"])
     if s["manipulator"] not in MANIPULATORS:
         raise InputError("n2v.manipulator", f"{s['manipulator']!r} is not one of {', '.join(MANIPULATORS)}")
     if s["loss"] not in ("mse", "mae"):
@@ -765,7 +772,8 @@ def train_n2v(images, out_dir: str | Path, *, channel: int | None = None, ndim: 
             model.prepare_for_training(optimizer=_adam(s["learning_rate"]))
             summary = _fit(model, batches(), (Xv_in, Yv), epochs=int(s["epochs"]),
                            steps_per_epoch=int(s["steps_per_epoch"]), learning_rate=float(s["learning_rate"]),
-                           lr_schedule=s["lr_schedule"], patience=s["patience"], time_limit=s["time_limit"], logdir=tmp)
+                           lr_schedule=s["lr_schedule"], patience=s["patience"], logdir=tmp,
+                           deadline=None if not s["time_limit"] else t_start + float(s["time_limit"]))
             log.info("done: %s", json.dumps(summary))
         meta = _model_meta("n2v", sources, nd, patch, s, int(s["unet_depth"]), int(s["unet_kern_size"]),
                            bool(s["blurpool"]), summary, len(train_idx), len(val_idx))
@@ -807,6 +815,7 @@ def train_care(source, target, out_dir: str | Path, *, channel: int | None = Non
     source and ``target_channel`` of the target, default: the same index when the target has
     a channel axis), else InputError naming the sample (``name``) and both shapes.
     """
+    t_start = time.perf_counter()
     s = dict(CARE_DEFAULTS)
     given = dict(patch_shape=patch_shape, epochs=epochs, steps_per_epoch=steps_per_epoch, batch_size=batch_size,
                  learning_rate=learning_rate, lr_schedule=lr_schedule, patience=patience, seed=seed,
@@ -814,6 +823,7 @@ def train_care(source, target, out_dir: str | Path, *, channel: int | None = Non
                  unet_kern_size=unet_kern_size, unet_n_first=unet_n_first, loss=loss, augment=augment,
                  time_limit=time_limit)
     s.update({k: v for k, v in given.items() if v is not None})
+    _check_schedule(s["lr_schedule"])
     if s["loss"] not in ("mse", "mae"):
         raise InputError("care.loss", f"{s['loss']!r} is not mse or mae")
     src_list, tgt_list = _as_list(source), _as_list(target)
@@ -873,7 +883,8 @@ def train_care(source, target, out_dir: str | Path, *, channel: int | None = Non
             model.prepare_for_training(optimizer=_adam(s["learning_rate"]))
             summary = _fit(model, batches(), validation, epochs=int(s["epochs"]),
                            steps_per_epoch=int(s["steps_per_epoch"]), learning_rate=float(s["learning_rate"]),
-                           lr_schedule=s["lr_schedule"], patience=s["patience"], time_limit=s["time_limit"], logdir=tmp)
+                           lr_schedule=s["lr_schedule"], patience=s["patience"], logdir=tmp,
+                           deadline=None if not s["time_limit"] else t_start + float(s["time_limit"]))
             log.info("done: %s", json.dumps(summary))
         meta = _model_meta("care", sources, nd, patch, s, int(s["unet_depth"]), int(s["unet_kern_size"]), False,
                            summary, len(train_idx), len(val_idx))
@@ -1007,8 +1018,9 @@ def _frame_axes(axes: str, ndim: int) -> str:
 
 
 def default_block_shape(axes: str, shape, ndim: int, *, halo: int, n_first: int = 16, chunks=None) -> dict:
-    """Blocks whose outer region (core + halo) has at most ``2**26 / n_first`` voxels (about
-    4 M for 16 first-level filters: roughly 1 GiB of activations).
+    """Blocks whose outer region (core + halo) has at most ``2**25 / n_first`` voxels in 2D
+    (2 M for 16 first-level filters: about 0.4 GiB of activations, measured peak RSS of a
+    prediction 1 GiB with TensorFlow) and twice that in 3D, where the halo costs more.
 
     2D: y-x cores of up to 1024 x 1024; 3D: up to 32 z planes and the largest square y-x core
     that fits. Cores are rounded down to whole chunks where chunks are smaller. Where one
@@ -1017,7 +1029,7 @@ def default_block_shape(axes: str, shape, ndim: int, *, halo: int, n_first: int 
     spatial = _spatial_axes(ndim)
     size = dict(zip(axes, shape))
     chunk = dict(zip(axes, chunks)) if chunks is not None else {}
-    budget = max(2**16, 2**26 // max(1, int(n_first)))
+    budget = max(2**16, (2**25 if ndim == 2 else 2**26) // max(1, int(n_first)))
     block = {a: 1 for a in axes}
     z_outer = 1
     if ndim == 3:
