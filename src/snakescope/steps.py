@@ -334,7 +334,7 @@ def classify_arguments(p):
     p.add_argument("--objects", required=True, help="measurements.parquet")
     p.add_argument("--image", required=True)
     p.add_argument("--channel", type=int, default=0)
-    p.add_argument("--model", default="", help="classifier folder; empty = no classification")
+    p.add_argument("--model", default="none", help="classifier folder; none = no classification")
     p.add_argument("--out", required=True)
 
 
@@ -345,7 +345,7 @@ def classify_step(args):
     from .atomic import atomic_path
 
     objects = pd.read_parquet(args.objects)
-    if args.model and len(objects):
+    if args.model not in ("", "none") and len(objects):
         image = ngff.read_image(args.image)
         channels = [args.channel] if "c" in image.axes else None
         objects = classify.classify_objects(args.model, image.data, image.axes, objects, channels=channels)

@@ -53,7 +53,7 @@ rule classify:
         python=python_for("main"),
         script=script("classify.py"),
         channel=lambda wc: SAMPLES[wc.sample].channel,
-        model=lambda wc, input: input.model,
+        model=lambda wc, input: str(input.model) if input.model else "none",
     shell:
         "{params.python} {params.script} --objects {input.objects:q} --image {input.image:q}"
         " --channel {params.channel} --model {params.model:q} --out {output:q} > {log:q} 2>&1"
