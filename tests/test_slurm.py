@@ -43,6 +43,7 @@ IN_CI = os.environ.get("CI") == "true"
 PARTITION = "debug"  # the one partition of the test cluster
 SHEET_HEADER = "sample_id\timage\taxes\tvoxel_size\ttime_interval\tchannel\tlabels\ttracks\tpoints\ttarget\n"
 TINY_STARDIST = {"epochs": 1, "steps_per_epoch": 2, "patch_size": [64, 64], "unet_n_depth": 1, "n_rays": 8}
+TINY_CLASSIFIER = {"epochs": 1, "batch_size": 8, "patch_size": [16, 16], "patience": 0, "augment": False}
 SUBMITTED = re.compile(r"Job (\S+) has been submitted with SLURM jobid (\d+) \(log: (\S+)\)\.")
 SBATCH_CALL = re.compile(r"^sbatch call: (sbatch .*)$", re.M)
 
@@ -64,26 +65,36 @@ def _slurmctld_running() -> bool:
         return False
 
 
-def _active_jobs() -> list[str]:
-    proc = subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True, timeout=30)
-    return proc.stdout.split()
+def _active_jobs(under: Path | None = None) -> list[str]:
+    """Queued or running jobs; with `under`, only those whose working directory lies there."""
+    proc = subprocess.run(["squeue", "-h", "-o", "%i %Z"], capture_output=True, text=True, timeout=30)
+    jobs = [line.split(maxsplit=1) for line in proc.stdout.splitlines() if line.strip()]
+    return [job for job, wd in jobs if under is None or Path(wd.strip()).is_relative_to(under)]
 
 
-def _cancel_leftovers() -> None:
-    """Cancel every job still queued or running (e.g. after a failed test) and wait for it."""
+def _cancel_leftovers(under: Path) -> None:
+    """Cancel this session's jobs still queued or running (e.g. after a failed test) and wait.
+
+    Only jobs working under this session's temporary folder: the cluster is the machine's,
+    and another test session may be using it at the same time (`squeue -h -o %i | xargs -r
+    scancel` would cancel its jobs too).
+    """
     try:
-        subprocess.run("squeue -h -o %i | xargs -r scancel", shell=True, timeout=60)
+        jobs = _active_jobs(under)
+        if jobs:
+            subprocess.run(["scancel", *jobs], timeout=60)
         deadline = time.monotonic() + 30
-        while _active_jobs() and time.monotonic() < deadline:
+        while _active_jobs(under) and time.monotonic() < deadline:
             time.sleep(1)
     except (OSError, subprocess.SubprocessError):
         pass
 
 
 @pytest.fixture(scope="module")
-def slurm_cluster():
-    """A running single-node SLURM (partition `debug`, one fake GPU); stopped afterwards if
-    this fixture started it."""
+def slurm_cluster(tmp_path_factory):
+    """A running single-node SLURM (partition `debug`, one fake GPU). Afterwards this
+    session's leftover jobs are cancelled, and the daemons stopped if this fixture started
+    them and no other session's jobs are in the queue."""
     if os.geteuid() != 0:
         _cannot("starting a local SLURM needs root")
     if not shutil.which("sbatch") and not shutil.which("apt-get"):
@@ -96,8 +107,8 @@ def slurm_cluster():
     if proc.returncode != 0:
         _cannot(f"{SCRIPT.name} start failed ({proc.returncode}): {proc.stderr[-3000:]}")
     yield
-    _cancel_leftovers()
-    if started_here:
+    _cancel_leftovers(tmp_path_factory.getbasetemp())
+    if started_here and not _active_jobs():
         subprocess.run(["bash", str(SCRIPT), "stop"], capture_output=True, timeout=180)
 
 
@@ -135,13 +146,15 @@ def cluster_args() -> list[str]:
 
 
 def write_project(wd: Path, *, config: dict | None = None) -> None:
-    """One 2D time-lapse sample (2 frames of 64x64, 5 nuclei) with labels, and a config that
-    trains StarDist for 2 steps; tracking and classification off (not what this tests)."""
+    """One 2D time-lapse sample (2 frames of 64x64, 5 nuclei) with labels and point
+    annotations, and a config that trains StarDist for 2 steps and the classifier for one
+    epoch; tracking off (it adds jobs, not SLURM features)."""
     timelapse = make_timelapse(ndim=2, n_frames=2, shape=(64, 64), n_cells=5, seed=3)
     paths = write_timelapse(timelapse, wd / "data" / "cells")
     (wd / "config").mkdir(parents=True, exist_ok=True)
+    points = paths["points"]["round"].parent.relative_to(wd) / "points_*.csv"
     row = (f"cells\t{paths['image'].relative_to(wd)}\t{paths['image_axes']}\t0.5\t60\t0\t"
-           f"{paths['labels'].relative_to(wd)}\t\t\t")
+           f"{paths['labels'].relative_to(wd)}\t\t{points}\t")
     (wd / "config" / "samples.tsv").write_text(SHEET_HEADER + row + "\n")
     write_config(wd, config or {})
 
@@ -151,9 +164,12 @@ def write_config(wd: Path, overrides: dict) -> None:
     schema = yaml.safe_load((REPO / "workflow" / "schemas" / "config.schema.yaml").read_text())["properties"]
     config["samples"] = "config/samples.tsv"
     config["segmentation"] = {"method": "stardist", "stardist": dict(TINY_STARDIST)}
-    for section in ("tracking", "classification"):
-        if section in schema:
-            config[section] = {"enabled": False}
+    # one thread per job: the test node has 2 CPUs, so two jobs (e.g. both trainings) run at once
+    config["resources"]["threads"] = 1
+    if "tracking" in schema:
+        config["tracking"] = {"enabled": False}
+    if "classification" in schema:
+        config["classification"] = dict(TINY_CLASSIFIER)
     for key, value in overrides.items():
         if isinstance(value, dict):
             config.setdefault(key, {}).update(value)
@@ -186,6 +202,28 @@ def plan(text: str) -> tuple[dict, dict]:
 def submissions(output: str) -> list[tuple[str, str, Path]]:
     """(Snakemake job or group id, SLURM job id, SLURM log) of every sbatch submission."""
     return [(job, slurm_id, Path(log)) for job, slurm_id, log in SUBMITTED.findall(output)]
+
+
+def sbatch_calls(output: str) -> list[dict]:
+    """The sbatch command lines (printed with --verbose): the call, its SLURM log folder, the
+    rules of the jobs it runs and whether it asks for a GPU."""
+    calls = []
+    for call in SBATCH_CALL.findall(output):
+        logdir = Path(re.search(r"--output (\S+)/%j\.log ", call).group(1))
+        targets = re.search(r"--target-jobs (.*?) --allowed-rules", call).group(1)
+        calls.append({"call": call, "logdir": logdir, "rules": set(re.findall(r"'(\w+):", targets)),
+                      "gpu": "--gpus=" in call or "--gres=gpu" in call})
+    return calls
+
+
+def gpu_rules() -> set[str]:
+    """Rules of the workflow that ask for a GPU (`gpu=` among their resources)."""
+    rules = set()
+    for smk in (REPO / "workflow" / "rules").glob("*.smk"):
+        for rule, body in re.findall(r"^rule (\w+):\n(.*?)(?=^rule |\Z)", smk.read_text(), flags=re.M | re.S):
+            if re.search(r"^\s+gpu=", body, flags=re.M):
+                rules.add(rule)
+    return rules
 
 
 def scontrol(slurm_id: str) -> str:
@@ -223,6 +261,8 @@ def demo(slurm_cluster, tmp_path_factory):
         if local.poll() is None:
             local.kill()
             local.communicate()
+    (base / "slurm-run.log").write_text(proc.stdout + proc.stderr)
+    (base / "local-run.log").write_text(local_output)
     assert local.returncode == 0, f"local run failed:\n{local_output[-6000:]}"
     return DemoRuns(slurm_wd, local_wd, proc.stdout + proc.stderr, planned)
 
@@ -249,30 +289,34 @@ def test_jobs_went_through_slurm_in_planned_batches(demo):
 
 
 def test_gpu_rules_were_scheduled_with_a_gpu(demo):
-    """Training and the prediction batch asked sbatch for a GPU and SLURM allocated one;
-    the per-image batch did not."""
-    calls = SBATCH_CALL.findall(demo.output)
-    by_name = {}
-    for call in calls:
-        name = re.search(r"--comment (\S+)", call).group(1)
-        by_name.setdefault(name, []).append(call)
-    gpu_names = [n for n in by_name if n.startswith(("rule_train_segmentation", "rule_per_image_analysis"))]
-    assert len(gpu_names) == 2, sorted(by_name)
-    for name in gpu_names:
-        assert all("--gpus=1" in c and f"-p {PARTITION}" in c for c in by_name[name]), by_name[name]
-    cpu_names = [n for n in by_name if n.startswith("rule_per_image_ingest")]
-    assert cpu_names and all("--gpus" not in c for n in cpu_names for c in by_name[n])
-    # SLURM's own record (finished jobs stay known for MinJobAge)
-    for job, slurm_id, log in submissions(demo.output):
+    """Every submission holding a rule that asks for a GPU (training, and the prediction batch)
+    requested one from sbatch, and SLURM allocated it; the others did not ask."""
+    gpu = gpu_rules()
+    calls = sbatch_calls(demo.output)
+    assert calls and {"train_segmentation", "segment"} <= set().union(*(c["rules"] for c in calls if c["gpu"]))
+    for c in calls:
+        assert c["gpu"] == bool(c["rules"] & gpu), c["call"]
+        assert f" -p {PARTITION} " in c["call"], c["call"]
+    # SLURM's own record of each job (finished jobs stay known for MinJobAge)
+    asked = {c["logdir"]: c["gpu"] for c in calls}
+    for _, slurm_id, log in submissions(demo.output):
         record = scontrol(slurm_id)
-        assert "JobState=COMPLETED" in record, record
-        gpu = "TresPerJob=gres:gpu:1" in record
-        assert gpu == ("train_segmentation" in str(log) or "per_image_analysis" in str(log)), (log, record)
+        assert "JobState=COMPLETED" in record and f"Partition={PARTITION}" in record, record
+        assert ("TresPerJob=gres:gpu:1" in record) == asked[log.parent], (log, record)
 
 
 def _zarr_arrays(store: Path) -> dict:
     group = zarr.open_group(store, mode="r")
     return {name: array[...] for name, array in group.members(max_depth=None) if isinstance(array, zarr.Array)}
+
+
+def _untimed(record):
+    """A JSON record without its timings (keys ending in "seconds")."""
+    if isinstance(record, dict):
+        return {k: _untimed(v) for k, v in record.items() if not k.endswith("seconds")}
+    if isinstance(record, list):
+        return [_untimed(v) for v in record]
+    return record
 
 
 def _h5_datasets(path: Path) -> dict:
@@ -318,19 +362,20 @@ def test_outputs_equal_a_local_run(demo):
     for stats in local.rglob("normalization.json"):
         assert json.loads(stats.read_text()) == json.loads((slurm / stats.relative_to(local)).read_text())
 
-    models = sorted(p.relative_to(local) for p in (local / "models").iterdir())
-    assert models == sorted(p.relative_to(slurm) for p in (slurm / "models").iterdir()) and models
-    for model in models:
-        for name in ("config.json", "thresholds.json"):
-            assert json.loads((local / model / name).read_text()) == json.loads((slurm / model / name).read_text()), name
-        a, b = (json.loads((root / model / "training.json").read_text()) for root in (local, slurm))
-        a.pop("train_seconds", None), b.pop("train_seconds", None)
-        assert a == b
-        for weights in sorted((local / model).glob("*.h5")):
-            wa, wb = _h5_datasets(weights), _h5_datasets(slurm / model / weights.name)
-            assert wa.keys() == wb.keys() and wa
+    models = sorted(p.relative_to(local) for p in (local / "models").rglob("*") if p.is_file())
+    assert models == sorted(p.relative_to(slurm) for p in (slurm / "models").rglob("*") if p.is_file())
+    assert any(m.suffix == ".h5" for m in models), models
+    for item in models:
+        a, b = local / item, slurm / item
+        if item.suffix == ".h5":
+            wa, wb = _h5_datasets(a), _h5_datasets(b)
+            assert wa.keys() == wb.keys() and wa, item
             for name in wa:
-                np.testing.assert_array_equal(wa[name], wb[name], err_msg=f"{weights.name}:{name}")
+                np.testing.assert_array_equal(wa[name], wb[name], err_msg=f"{item}:{name}")
+        elif item.suffix == ".json":
+            assert _untimed(json.loads(a.read_text())) == _untimed(json.loads(b.read_text())), item
+        elif item.suffix == ".csv":
+            pd.testing.assert_frame_equal(pd.read_csv(a), pd.read_csv(b), obj=str(item))
 
     for record in local.rglob("provenance.json"):
         a, b = json.loads(record.read_text()), json.loads((slurm / record.relative_to(local)).read_text())
@@ -354,11 +399,11 @@ def test_job_killed_for_memory_is_retried_with_more_and_completes(demo, tmp_path
     shutil.copytree(demo.slurm / "data", wd / "data")
     for store in ("image.ome.zarr", "normalized.ome.zarr"):
         shutil.copytree(demo.slurm / "results" / "cells" / store, wd / "results" / "cells" / store)
-    model = next((demo.slurm / "results" / "models").iterdir())
+    model = demo.slurm / "results" / "models" / "stardist_2d"
     shutil.copytree(model, wd / "pretrained" / model.name)
     (wd / "config").mkdir()
     shutil.copy(demo.slurm / "config" / "samples.tsv", wd / "config" / "samples.tsv")
-    write_config(wd, {"resources": {"mem_mb": 256, "retries": 2},
+    write_config(wd, {"resources": {"mem_mb": 256, "retries": 1},
                       "segmentation": {"model_2d": f"pretrained/{model.name}"}})
 
     proc = run_snakemake(wd, *cluster_args(), "results/cells/labels.ome.zarr", timeout=900)
@@ -428,11 +473,7 @@ def test_profile_names_existing_rules():
     rules = set(proc.stdout.split())
     named = set(profile["groups"]) | set(profile["set-resources"])
     assert named <= rules, f"the profile names rules the workflow lacks: {sorted(named - rules)}"
-    gpu_rules = set()
-    for smk in (REPO / "workflow" / "rules").glob("*.smk"):
-        for rule, body in re.findall(r"^rule (\w+):\n(.*?)(?=^rule |\Z)", smk.read_text(), flags=re.M | re.S):
-            if re.search(r"^\s+gpu=", body, flags=re.M):
-                gpu_rules.add(rule)
-    assert gpu_rules, "no rule asks for a GPU any more?"
-    for rule in gpu_rules:
+    gpu = gpu_rules()
+    assert gpu, "no rule asks for a GPU any more?"
+    for rule in gpu:
         assert profile["set-resources"].get(rule, {}).get("slurm_partition", "").startswith("CHANGE-ME-gpu"), rule
