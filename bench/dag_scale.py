@@ -28,6 +28,7 @@ import json
 import math
 import os
 import re
+import resource
 import shutil
 import subprocess
 import sys
@@ -105,10 +106,13 @@ def main() -> None:
         cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "workflow" / "Snakefile"),
                "--directory", str(wd), "--profile", str(ROOT / "profiles" / "slurm"), "--dry-run"]
         out_file = tmp / "dryrun.txt"
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
         start = time.perf_counter()
         with open(out_file, "w") as out:
             proc = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=wd, env=env)
         dryrun_seconds = time.perf_counter() - start
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu_seconds = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
         text = out_file.read_text()
         if proc.returncode != 0:
             sys.stderr.write(text[-5000:])
@@ -122,6 +126,8 @@ def main() -> None:
         result = {
             "n_images": N_IMAGES,
             "dryrun_seconds": round(dryrun_seconds, 1),
+            "dryrun_cpu_seconds": round(cpu_seconds, 1),
+            "load_average_1min": round(os.getloadavg()[0], 2),
             "planned_submissions": sum(groups.values()) + sum(single.values()),
             "planned_submissions_per_image_rules": per_image,
             "per_image_submissions_per_100_images": round(100 * per_image / N_IMAGES, 2),
