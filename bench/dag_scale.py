@@ -7,7 +7,9 @@ Prints one JSON object as its last line:
   temporary folder: parsing the workflow checks that every sample's image exists, so the
   files must be there; the dry run reads no pixels).
 * ``dryrun_seconds``: wall time of ``snakemake --profile profiles/slurm --dry-run`` on that
-  sheet, parse + DAG + grouping + printing the plan (target <= 60).
+  sheet, parse + DAG + grouping + printing the plan (target <= 60); ``dryrun_cpu_seconds``:
+  its CPU time, and ``load_average_1min`` after it, since on a shared machine the wall time
+  depends on what else runs.
 * ``planned_submissions``: SLURM jobs the run would submit: one per group job plus one per
   job outside any group (the target rule ``all`` runs in the driver and is not counted).
 * ``planned_submissions_per_image_rules``: of those, the ones that run the per-image rules
