@@ -98,8 +98,9 @@ def load_clean(quick: bool) -> list[tuple[str, np.ndarray]]:
 
 
 def add_noise(clean: np.ndarray, rng) -> np.ndarray:
-    photons = rng.poisson(PEAK * clean.astype(np.float64)) + rng.normal(0.0, READ_NOISE, clean.shape)
-    return (photons / PEAK).astype(np.float32)
+    from snakescope.synthetic import camera_noise
+
+    return camera_noise(clean, PEAK, READ_NOISE, rng)
 
 
 def psnr(x: np.ndarray, ref: np.ndarray) -> float:

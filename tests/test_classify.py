@@ -405,3 +405,303 @@ def test_3d_model_and_training_is_deterministic(tmp_path):
         runs.append(classify.load_classifier(tmp_path / name, "last").model.get_weights())
     for a, b in zip(*runs):
         np.testing.assert_array_equal(a, b)
+
+
+# -- patch folders for training -----------------------------------------------------------
+
+
+def _write_patch_folder(root: Path, image: np.ndarray, points: pd.DataFrame, size: int, time_window: int = 0) -> Path:
+    """Patches cut around synthetic nuclei, saved as TIFFs in one subfolder per class."""
+    import tifffile
+
+    patches = classify.extract_patches(image, "tyx", points, size, time_window)
+    for i, (patch, name) in enumerate(zip(patches, points["class_name"])):
+        (root / name).mkdir(parents=True, exist_ok=True)
+        tifffile.imwrite(root / name / f"p{i:03d}.tif", patch if time_window else patch[..., 0])
+    return root
+
+
+def test_training_patches_from_folder_checks_geometry(tmp_path):
+    from PIL import Image
+
+    for name in ("a", "b"):
+        (tmp_path / "grey" / name).mkdir(parents=True)
+        for i in range(2):
+            value = np.full((12, 12), 40 * i + (name == "b"), np.uint8)
+            Image.fromarray(np.stack([value] * 3, axis=-1)).save(tmp_path / "grey" / name / f"{i}.png")  # grey as RGB
+    patches, labels, ids, sources = classify.training_patches_from_folder(tmp_path / "grey", 2, spatial_shape=(12, 12))
+    assert patches.shape == (4, 12, 12, 1) and labels == ["a", "a", "b", "b"]
+    assert ids[0] == "patch_folder:a/0.png" and sources[0].endswith("0.png")
+    with pytest.raises(InputError, match=r"grey: patch size \(12, 12\) differs from the \(16, 16\)"):
+        classify.training_patches_from_folder(tmp_path / "grey", 2, spatial_shape=(16, 16))
+    with pytest.raises(InputError, match=r"grey: patches of shape \(12, 12\) \(2D\) but a 3D classifier"):
+        classify.training_patches_from_folder(tmp_path / "grey", 3)
+    with pytest.raises(InputError, match=r"patches have 3 channel\(s\) but the classifier expects 5"):
+        classify.training_patches_from_folder(tmp_path / "grey", 2, n_channels=5)
+    # YXC TIFFs of 5 frames (time_window 2), which the reader alone would take for ZYX.
+    import tifffile
+
+    for name in ("a", "b"):
+        (tmp_path / "frames" / name).mkdir(parents=True)
+        tifffile.imwrite(tmp_path / "frames" / name / "0.tif", np.zeros((12, 12, 5), np.uint16))
+    patches, _, _, _ = classify.training_patches_from_folder(tmp_path / "frames", 2, n_channels=5)
+    assert patches.shape == (2, 12, 12, 5)
+    colour = np.zeros((12, 12, 3), np.uint8)
+    colour[..., 0] = 200
+    Image.fromarray(colour).save(tmp_path / "grey" / "a" / "red.png")
+    with pytest.raises(InputError, match="colour \\(RGB\\) patches"):
+        classify.training_patches_from_folder(tmp_path / "grey", 2)
+
+
+def test_train_step_from_patch_folder_alone_with_time_window(sample, tmp_path):
+    """The rule's training step on a patch folder only (no sample with points): frames as
+    channels, the model's geometry from the patches, the confusion PNG copied for the report."""
+    from snakescope import cli, steps
+
+    points = sample.points[sample.points["t"].between(1, 8)].groupby("class_name").head(15)
+    folder = _write_patch_folder(tmp_path / "patches", sample.image, points, 16, time_window=1)
+    settings = {"epochs": 1, "batch_size": 8, "patience": 0, "time_window": 1, "patch_size": [16, 16]}
+    parser = cli.parser("train")
+    steps.train_classifier_arguments(parser)
+    args = parser.parse_args(["--sources", "[]", "--settings", json.dumps(settings), "--split", str(tmp_path / "split.csv"),
+                              "--ndim", "2d", "--patch-folder", str(folder), "--out", str(tmp_path / "model"),
+                              "--confusion", str(tmp_path / "model_confusion.png")])
+    steps.train_classifier_step(args)
+    config = json.loads((tmp_path / "model" / "config.json").read_text())
+    assert config["time_window"] == 1 and config["input_shape"] == [16, 16, 3] and config["patch_size"] == [16, 16]
+    split = pd.read_csv(tmp_path / "split.csv")
+    assert len(split) == len(points) and split["id"].str.startswith("patch_folder:").all()
+    copied = (tmp_path / "model_confusion.png").read_bytes()
+    assert copied == (tmp_path / "model" / "test" / "confusion_matrix.png").read_bytes()
+    assert not list(tmp_path.glob("*.partial-*"))
+    # Without any training data: one clear line.
+    args.patch_folder = "none"
+    with pytest.raises(InputError, match="no 2d training data"):
+        steps.train_classifier_step(args)
+
+
+def test_training_confusion_without_test_part(tmp_path):
+    (tmp_path / "model").mkdir()
+    classify.write_training_confusion(tmp_path / "model", tmp_path / "confusion.png")
+    assert (tmp_path / "confusion.png").read_bytes()[:4] == b"\x89PNG"
+
+
+# -- evaluation on segmented objects (class_truth) -----------------------------------------
+
+
+def _tiny_labels():
+    """Two frames of 6x6 labels and the classified objects table."""
+    labels = np.zeros((2, 6, 6), np.uint32)
+    labels[0, 0:2, 0:2] = 1
+    labels[0, 3:5, 3:5] = 2
+    labels[1, 0:2, 0:2] = 1
+    labels[1, 3:5, 0:2] = 3
+    objects = pd.DataFrame({"t": [0, 0, 1, 1], "label": [1, 2, 1, 3], "y": 0.0, "x": 0.0,
+                            "class_name": ["a", "b", "a", "a"]})
+    points = pd.DataFrame({
+        "class_name": ["a", "b", "b", "a", "a", "b"],
+        "t": [0, 0, 1, 1, 0, 1], "y": [1, 4, 4, 0.6, 5, 2.4], "x": [1, 4, 1, 0.4, 0, 2.4],
+        "source": "truth.csv", "row": range(1, 7),
+    })
+    return labels, objects, points
+
+
+def test_match_points_to_objects_and_metrics(tmp_path):
+    import zarr
+    from sklearn import metrics as skm
+
+    labels, objects, points = _tiny_labels()
+    matched = classify.match_points_to_objects(points, labels, "tyx", objects)
+    assert matched["object_label"].tolist() == [1, 2, 3, 1, 0, 0]
+    assert matched["predicted"].iloc[:4].tolist() == ["a", "b", "a", "a"] and matched["predicted"].iloc[4:].isna().all()
+    # A zarr label image (read point by point) gives the same.
+    z = zarr.create_array(str(tmp_path / "l.zarr"), shape=labels.shape, chunks=(1, 4, 4), dtype=labels.dtype)
+    z[:] = labels
+    pd.testing.assert_frame_equal(classify.match_points_to_objects(points, z, "tyx", objects), matched)
+
+    table, matrix = classify.object_class_metrics(matched, ["a", "b"])
+    assert matrix.tolist() == [[2, 0], [1, 1]]
+    rows = table.set_index("class_name")
+    assert rows.loc["a", ["n_points", "n_matched", "n_unmatched", "tp", "fp", "fn"]].tolist() == [3, 2, 1, 2, 1, 0]
+    assert rows.loc["b", ["n_points", "n_matched", "n_unmatched", "tp", "fp", "fn"]].tolist() == [3, 2, 1, 1, 0, 1]
+    assert rows.loc["ALL", ["n_points", "n_matched", "n_unmatched", "tp"]].tolist() == [6, 4, 2, 3]
+    on_object = matched[matched["predicted"].notna()]
+    y_true, y_pred = on_object["class_name"].tolist(), on_object["predicted"].tolist()
+    np.testing.assert_allclose(rows.loc[["a", "b"], "precision"], skm.precision_score(y_true, y_pred, average=None))
+    np.testing.assert_allclose(rows.loc[["a", "b"], "recall"], skm.recall_score(y_true, y_pred, average=None))
+    np.testing.assert_allclose(rows.loc[["a", "b"], "f1"], skm.f1_score(y_true, y_pred, average=None))
+    assert rows.loc["ALL", "accuracy"] == pytest.approx(0.75)
+    assert rows.loc["ALL", "balanced_accuracy"] == pytest.approx(skm.balanced_accuracy_score(y_true, y_pred))
+    assert rows.loc["ALL", "macro_f1"] == pytest.approx(skm.f1_score(y_true, y_pred, average="macro"))
+    assert np.isnan(rows.loc["a", "balanced_accuracy"]) and np.isnan(rows.loc["ALL", "precision"])
+    # A point outside the image names its file and row.
+    bad = pd.concat([points, pd.DataFrame({"class_name": ["a"], "t": [2], "y": [1], "x": [1], "source": "truth.csv", "row": [7]})])
+    with pytest.raises(InputError, match=r"truth.csv: row 7: point \(t=2, y=1, x=1\) lies outside the image"):
+        classify.match_points_to_objects(bad, labels, "tyx", objects)
+    # No point on any object: counts, no ratios.
+    empty, _ = classify.object_class_metrics(matched.iloc[4:], ["a", "b"])
+    overall = empty.set_index("class_name").loc["ALL"]
+    assert overall["n_unmatched"] == 2 and overall["n_matched"] == 0 and np.isnan(overall["balanced_accuracy"])
+
+
+def test_pooled_classification_metrics_equal_metrics_of_all_points():
+    labels, objects, points = _tiny_labels()
+    matched = classify.match_points_to_objects(points, labels, "tyx", objects)
+    first, _ = classify.object_class_metrics(matched.iloc[:3], ["a", "b"])
+    second, _ = classify.object_class_metrics(matched.iloc[3:], ["a", "b", "c"])  # another model's classes
+    pooled = classify.pool_classification_metrics({"s1": first, "s2": second})
+    assert pooled["sample"].tolist() == ["s1"] * 3 + ["s2"] * 4 + ["ALL"] * 4
+    everything, _ = classify.object_class_metrics(matched, ["a", "b", "c"])
+    result = pooled[pooled["sample"] == "ALL"].drop(columns="sample").reset_index(drop=True)
+    pd.testing.assert_frame_equal(result, everything, check_dtype=False)
+
+
+@pytest.fixture
+def segmented(tmp_path):
+    """A real labels.ome.zarr and objects table of a synthetic time-lapse (the truth labels
+    as segmentation), classes predicted right except for one object, and a model folder."""
+    import tifffile
+
+    from snakescope import segment
+    from snakescope.ingest import ingest
+    from snakescope.measure import measure
+
+    timelapse = make_timelapse(ndim=2, n_frames=3, shape=(64, 64), n_cells=5, seed=3)
+    tifffile.imwrite(tmp_path / "labels.tif", timelapse.labels.astype(np.uint16), imagej=True, metadata={"axes": "TYX"})
+    ingest(tmp_path / "labels.tif", "TYX", tmp_path / "as_image.ome.zarr", name="labels")
+
+    def copy(frame, out):
+        out[...] = frame[...]
+        return len(np.unique(frame[...])) - 1
+
+    segment.write_label_image(tmp_path / "as_image.ome.zarr", tmp_path / "labels.ome.zarr", copy)
+    measure(tmp_path / "labels.ome.zarr", tmp_path / "as_image.ome.zarr", tmp_path / "measured.parquet")
+    objects = pd.read_parquet(tmp_path / "measured.parquet")
+    truth_class = dict(zip(timelapse.classes["label"], timelapse.classes["class_name"]))
+    objects["class_name"] = [truth_class[label] for label in objects["label"]]
+    wrong = objects["label"] == objects["label"].iloc[0]
+    objects.loc[wrong, "class_name"] = ["round" if c == "elongated" else "elongated" for c in objects.loc[wrong, "class_name"]]
+    objects.to_parquet(tmp_path / "objects.parquet")
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "config.json").write_text(json.dumps({"class_names": ["elongated", "round"]}))
+    points = timelapse.points
+    truth = tmp_path / "truth.csv"
+    pd.DataFrame({"index": range(len(points)), "axis-0": points["t"], "axis-1": points["y"], "axis-2": points["x"],
+                  "class": points["class_name"]}).to_csv(truth, index=False)
+    return tmp_path, timelapse, int(wrong.sum())
+
+
+def _evaluation_args(folder: Path, truth: Path, sample: str = "s"):
+    from snakescope import cli, steps
+
+    parser = cli.parser("evaluate")
+    steps.evaluate_classification_arguments(parser)
+    return parser.parse_args(["--truth", str(truth), "--labels", str(folder / "labels.ome.zarr"),
+                              "--objects", str(folder / "objects.parquet"), "--model", str(folder / "model"),
+                              "--sample", sample, "--out", str(folder / sample / "classification_metrics.csv"),
+                              "--plot", str(folder / sample / "qc" / "confusion.png")])
+
+
+def test_evaluate_classification_step_and_gather(segmented):
+    from snakescope import cli, steps
+
+    folder, timelapse, n_wrong = segmented
+    for sample in ("s", "t"):
+        steps.evaluate_classification_step(_evaluation_args(folder, folder / "truth.csv", sample))
+    table = pd.read_csv(folder / "s" / "classification_metrics.csv")
+    assert table["class_name"].tolist() == ["elongated", "round", "ALL"] and set(table["sample"]) == {"s"}
+    overall = table.iloc[-1]
+    assert overall["n_points"] == overall["n_matched"] == len(timelapse.points)  # centroids lie in their objects
+    assert overall["n_unmatched"] == 0 and overall["tp"] == len(timelapse.points) - n_wrong
+    assert overall["accuracy"] == pytest.approx(1 - n_wrong / len(timelapse.points))
+    assert (folder / "s" / "qc" / "confusion.png").read_bytes()[:4] == b"\x89PNG"
+    assert not list((folder / "s").rglob("*.partial-*"))
+
+    parser = cli.parser("gather")
+    steps.gather_metrics_arguments(parser)
+    steps.gather_metrics_step(parser.parse_args(["--kind", "classification", "--out", str(folder / "all.csv"), "--inputs",
+                                                 str(folder / "s" / "classification_metrics.csv"),
+                                                 str(folder / "t" / "classification_metrics.csv")]))
+    gathered = pd.read_csv(folder / "all.csv")
+    pooled = gathered[(gathered["sample"] == "ALL") & (gathered["class_name"] == "ALL")].iloc[0]
+    assert pooled["n_points"] == 2 * len(timelapse.points) and pooled["tp"] == 2 * overall["tp"]
+    assert pooled["balanced_accuracy"] == pytest.approx(overall["balanced_accuracy"])
+
+
+def test_class_truth_errors_name_file_and_row(segmented, tmp_path):
+    from snakescope import steps
+
+    folder, _, _ = segmented
+    unknown = write_csv(tmp_path / "unknown.csv", "index,axis-0,axis-1,axis-2,class\n0,0,10,10,round\n1,1,12,12,mitotic\n")
+    with pytest.raises(InputError) as info:
+        steps.evaluate_classification_step(_evaluation_args(folder, unknown))
+    assert str(unknown) in str(info.value) and "row 2" in str(info.value) and "unknown class 'mitotic'" in str(info.value)
+    outside = write_csv(tmp_path / "points_round.csv", "index,axis-0,axis-1,axis-2\n0,0,10,10\n1,2,30,64.6\n")
+    with pytest.raises(InputError) as info:
+        steps.evaluate_classification_step(_evaluation_args(folder, outside))
+    assert str(outside) in str(info.value) and "row 2" in str(info.value) and "outside the image" in str(info.value)
+    assert not (folder / "s" / "classification_metrics.csv").exists()
+
+
+def test_class_truth_sheet_column(tmp_path):
+    from snakescope import config
+
+    (tmp_path / "truth_a.csv").write_text("index,axis-0,axis-1\n0,1,1\n")
+    sheet = tmp_path / "samples.tsv"
+    sheet.write_text(f"sample_id\timage\taxes\tpoints\tclass_truth\ns1\t{tmp_path}/img.tif\tYX\t\t{tmp_path}/truth_*.csv\n")
+    _, samples, _ = config.load({"samples": str(sheet)})
+    assert samples["s1"].class_truth == f"{tmp_path}/truth_*.csv" and samples["s1"].points is None
+    assert str(tmp_path / "truth_a.csv") in samples["s1"].input_files()
+
+
+# -- the workflow ---------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_workflow_evaluates_classification_and_reports_confusion(tmp_path):
+    """The small project with a class_truth column and a patch folder: the classifier trains
+    on points and patches, each truth point is matched to a segmented object, metrics are
+    gathered, and the training's confusion matrix is a report output."""
+    import yaml
+
+    from conftest import make_small_project, run_ok
+
+    wd = make_small_project(tmp_path)
+    cells = wd / "data" / "cells"
+    truth = pd.concat([pd.read_csv(cells / f"points_{c}.csv").assign(class_name=c) for c in ("round", "elongated")])
+    truth.to_csv(wd / "data" / "truth.csv", index=False)
+    other = make_timelapse(ndim=2, n_frames=3, shape=(96, 96), n_cells=6, seed=8)
+    _write_patch_folder(wd / "data" / "patches", other.image, other.points, 16)
+    sheet = (wd / "config" / "samples.tsv").read_text().splitlines()
+    header, cells_row = sheet[0], next(line for line in sheet if line.startswith("cells\t"))
+    (wd / "config" / "samples.tsv").write_text(f"{header}\tclass_truth\n{cells_row}\tdata/truth.csv\n")
+    config = yaml.safe_load((wd / "config" / "config.yaml").read_text())
+    config["tracking"] = {"enabled": False}
+    config["classification"]["patch_folder_2d"] = "data/patches"
+    (wd / "config" / "config.yaml").write_text(yaml.safe_dump(config))
+
+    run_ok(wd)
+    table = pd.read_csv(wd / "results" / "cells" / "classification_metrics.csv")
+    assert table["class_name"].tolist() == ["elongated", "round", "ALL"]
+    overall = table.iloc[-1]
+    assert overall["n_points"] == len(truth) == overall["n_matched"] + overall["n_unmatched"]
+    assert overall["n_matched"] > 0 and 0 <= overall["balanced_accuracy"] <= 1
+    assert overall["tp"] + overall["fp"] == overall["n_matched"]
+    assert table.iloc[:2][["precision", "recall", "f1"]].apply(lambda c: c.between(0, 1)).all().all()
+    gathered = pd.read_csv(wd / "results" / "metrics" / "classification.csv")
+    assert gathered["sample"].tolist() == ["cells"] * 3 + ["ALL"] * 3
+    pd.testing.assert_frame_equal(gathered.iloc[3:].drop(columns="sample").reset_index(drop=True),
+                                  table.drop(columns="sample"), check_dtype=False)
+    assert (wd / "results" / "cells" / "qc" / "confusion.png").read_bytes()[:4] == b"\x89PNG"
+    model = wd / "results" / "models" / "classifier_2d"
+    assert (wd / "results" / "models" / "classifier_2d_confusion.png").read_bytes() == \
+        (model / "test" / "confusion_matrix.png").read_bytes()
+    split = pd.read_csv(wd / "splits" / "classifier_2d.csv")
+    assert split["id"].str.startswith("patch_folder:").sum() == len(other.points)
+    assert split["id"].str.startswith("cells:").any()
+    # Nothing left to do; an edited patch folder retrains the classifier.
+    dry = run_ok(wd, "-n")
+    assert "Nothing to be done" in dry.stdout + dry.stderr
+    (wd / "data" / "patches" / "round" / "p000.tif").unlink()
+    dry = run_ok(wd, "-n")
+    assert "train_classifier" in dry.stdout + dry.stderr

@@ -44,6 +44,15 @@ def test_every_config_problem_reported_at_once():
     assert len(problems) >= 5
 
 
+def test_care_settings_reject_n2v_only_keys():
+    _, problems = validate_config({"restoration": {"method": "care", "care": {"manipulator": "median", "epochs": 3}}})
+    assert problems == ["config: key 'restoration.care': manipulator only apply to N2V (the n2v section)"]
+    config, problems = validate_config({"restoration": {"method": "n2v", "n2v": {"manipulator": "median"}}})
+    assert problems == [] and config["restoration"]["train_samples"] == "all"
+    _, problems = validate_config({"restoration": {"method": "noise2noise"}})
+    assert any("restoration.method" in p for p in problems)
+
+
 def test_low_must_be_below_high():
     _, problems = validate_config({"normalize": {"low": 50, "high": 40}})
     assert any("must be below" in p for p in problems)
@@ -59,6 +68,7 @@ def test_sheet_rows_all_reported(tmp_path):
         {"sample_id": "good", "image": str(img), "axes": "YX"},
         {"sample_id": "ch", "image": str(img), "axes": "YX", "channel": "2"},
         {"sample_id": "noimage", "axes": "YX"},
+        {"sample_id": "models", "image": str(img), "axes": "YX"},
     ])
     with pytest.raises(ConfigError) as err:
         load({"samples": str(sheet), "normalize": {"low": -1}})
@@ -71,6 +81,7 @@ def test_sheet_rows_all_reported(tmp_path):
     assert any("row 4" in p and "used twice" in p for p in problems)
     assert any("row 5" in p and "no C" in p for p in problems)
     assert any("row 6" in p and "'image' is a required property" in p for p in problems)
+    assert any("row 7" in p and "sample_id" in p for p in problems)  # reserved: results/models
     assert any("normalize.low" in p for p in problems)
 
 

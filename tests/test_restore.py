@@ -385,6 +385,21 @@ def test_restoration_metrics_on_known_arrays():
     assert fixed["psnr_input"] == pytest.approx(10 * np.log10(1 / 0.04), abs=1e-4)
 
 
+def test_restoration_metrics_affine_fit_matches_least_squares(rng):
+    target = rng.random((3, 24, 40)).astype(np.float32)
+    scaled = (0.5 * target + 0.3).astype(np.float32)  # contrast and offset only
+    noisy = (target + rng.normal(0, 0.1, target.shape)).astype(np.float32)
+    m = restoration_metrics((scaled, "tyx"), (noisy, "tyx"), (target, "tyx"), data_range=1.0)
+    assert m["psnr_input"] < 20 and m["psnr_input_affine"] > 60  # the fit undoes a pure affine change
+    assert m["affine_slope_input"] == pytest.approx(2.0, rel=1e-4)
+    a = np.stack([noisy.ravel().astype(float), np.ones(noisy.size)], 1)
+    coef, *_ = np.linalg.lstsq(a, target.ravel().astype(float), rcond=None)
+    mse = np.mean((a @ coef - target.ravel()) ** 2)
+    assert m["psnr_restored_affine"] == pytest.approx(10 * np.log10(1 / mse), abs=1e-3)
+    assert m["affine_slope_restored"] == pytest.approx(coef[0], rel=1e-6)
+    assert m["psnr_gain_affine"] == pytest.approx(m["psnr_restored_affine"] - m["psnr_input_affine"])
+
+
 # ---------------------------------------------------------------------------------------
 # Bad input that needs no training.
 

@@ -9,7 +9,8 @@ The classification stage of the workflow, in the order a facility uses it:
    without the channel axis (``t, (z,) y, x`` for a time-lapse), pixel units, as napari
    writes them (``index,axis-0,axis-1,...``; columns named ``t, z, y, x`` are accepted too).
    Only some cells of each class need to be marked. A folder of ready patches (one subfolder
-   per class, PNG or TIFF) is read by :func:`load_patch_folder`.
+   per class, PNG or TIFF) is read by :func:`load_patch_folder` (checked against the
+   classifier's input by :func:`training_patches_from_folder`).
 2. **Patches.** :func:`extract_patches` cuts a patch centred on each point (the centre
    pixel is at index ``size // 2``), in space (YX or ZYX) or in space and time (``2 *
    time_window + 1`` frames around the point, stacked as channels, for events such as
@@ -35,6 +36,11 @@ The classification stage of the workflow, in the order a facility uses it:
    by ``batch_size`` patches whatever the number of objects). :func:`evaluate` writes the
    confusion matrix (CSV + PNG), per-class precision / recall / F1, balanced accuracy and
    macro F1; :func:`evaluate_annotations` does it for any labelled point set.
+6. **Evaluation on segmented objects.** :func:`match_points_to_objects` finds the object
+   under each ground-truth point in the label image and its predicted class;
+   :func:`object_class_metrics` counts per class (matched points only; points on
+   background are counted apart) and :func:`pool_classification_metrics` sums the counts
+   over samples.
 
 Normalization
 -------------
@@ -88,18 +94,27 @@ __all__ = [
     "DEFAULT_FILTERS",
     "build_classifier",
     "class_weights",
+    "classifier_class_names",
     "classify_objects",
+    "confusion_counts",
     "evaluate",
     "evaluate_annotations",
     "extract_patches",
     "load_classifier",
     "load_patch_folder",
     "make_or_load_split",
+    "match_points_to_objects",
+    "metrics_from_counts",
     "normalize_patches",
+    "object_class_metrics",
     "patches_from_annotations",
+    "plot_object_confusion",
+    "pool_classification_metrics",
     "predict_patches",
     "read_point_annotations",
     "train_classifier",
+    "training_patches_from_folder",
+    "write_training_confusion",
 ]
 
 DEFAULT_FILTERS = (32, 64, 128, 128)
@@ -578,6 +593,41 @@ def _read_patch_file(path: Path) -> np.ndarray:
     if array.ndim not in (3, 4):
         raise InputError(path, f"unsupported patch dimensions {array.shape}")
     return array
+
+
+def training_patches_from_folder(folder, spatial_ndim: int, n_channels: int = 1, spatial_shape=None):
+    """A patch folder (see :func:`load_patch_folder`) checked against the classifier's input.
+
+    ``spatial_ndim``: 2 (YX patches) or 3 (ZYX). ``n_channels``: channels per patch the
+    model sees (the workflow classifies one image channel, so ``2 * time_window + 1``);
+    grey images saved as RGB (three equal channels) count as one channel. ``spatial_shape``:
+    the patch size the point annotations give, which the folder must match (None: the
+    folder's own shape). Returns ``(patches, labels, ids, sources)``; ids are
+    ``"patch_folder:<class>/<file>"``, the keys of the saved split, independent of where the
+    folder lies.
+    """
+    folder = Path(folder)
+    patches, labels, paths = load_patch_folder(folder)
+    if int(spatial_ndim) == 2 and patches.ndim == 5 and patches.shape[-1] == 1 and patches.shape[-2] == n_channels:
+        patches = patches[..., 0]  # YXC TIFFs with more than 4 channels (frames) are read as ZYX
+    spatial = patches.shape[1:-1]
+    if len(spatial) != int(spatial_ndim):
+        kind = {2: "YX", 3: "ZYX"}
+        raise InputError(folder, f"patches of shape {tuple(spatial)} ({len(spatial)}D) but a {spatial_ndim}D classifier "
+                                 f"needs {kind.get(int(spatial_ndim), '?')} patches")
+    if patches.shape[-1] == 3 and n_channels == 1:
+        if np.array_equal(patches[..., 0], patches[..., 1]) and np.array_equal(patches[..., 0], patches[..., 2]):
+            patches = patches[..., :1]
+        else:
+            raise InputError(folder, "colour (RGB) patches: the classifier sees one image channel; save them as grey images")
+    if patches.shape[-1] != n_channels:
+        raise InputError(folder, f"patches have {patches.shape[-1]} channel(s) but the classifier expects {n_channels} "
+                                 "(one image channel per frame of classification.time_window)")
+    if spatial_shape is not None and tuple(spatial) != tuple(int(s) for s in spatial_shape):
+        raise InputError(folder, f"patch size {tuple(spatial)} differs from the {tuple(int(s) for s in spatial_shape)} cut "
+                                 "around the point annotations (classification.patch_size / patch_size_z)")
+    ids = [f"patch_folder:{Path(p).relative_to(folder).as_posix()}" for p in paths]
+    return patches, labels, ids, [str(p) for p in paths]
 
 
 # ---------------------------------------------------------------------------------------
@@ -1431,3 +1481,182 @@ def evaluate_annotations(model_dir, image, axes, annotations, out_dir=None, *, t
     predicted = classify_objects(classifier, array, axes, table, tta=tta, batch_size=batch_size)
     return evaluate(table["class_name"].astype(str).tolist(), predicted["class_name"].tolist(),
                     classifier.class_names, out_dir, where="annotations")
+
+
+# ---------------------------------------------------------------------------------------
+# Evaluation on segmented objects (the workflow's class_truth column)
+
+COUNT_COLUMNS = ("n_points", "n_matched", "n_unmatched", "tp", "fp", "fn")
+METRIC_COLUMNS = ("class_name", *COUNT_COLUMNS, "precision", "recall", "f1", "accuracy", "balanced_accuracy", "macro_f1")
+OVERALL = "ALL"
+
+
+def classifier_class_names(model_dir) -> list[str]:
+    """The class names of a trained classifier folder, from its ``config.json`` (no Keras)."""
+    path = Path(model_dir) / CONFIG_NAME
+    if not path.is_file():
+        raise InputError(model_dir, f"not a classifier folder: {CONFIG_NAME} is missing")
+    try:
+        return [str(c) for c in json.loads(path.read_text())["class_names"]]
+    except (ValueError, KeyError) as exc:
+        raise InputError(path, f"not a snakescope classifier config ({exc})") from None
+
+
+def match_points_to_objects(points: pd.DataFrame, labels, axes: str | None, objects: pd.DataFrame) -> pd.DataFrame:
+    """Match each truth point to the segmented object containing it.
+
+    ``points``: a table as :func:`read_point_annotations` returns (``class_name``, the label
+    image's axes ``t, (z,) y, x``, optional ``source``/``row`` naming the annotation in
+    errors). ``labels``: the label image (numpy or zarr array, or an NGFF image), axes
+    without channel (``yx``, ``zyx``, ``tyx``, ``tzyx``); only the pixels under the points
+    are read. ``objects``: the classified objects table (``label``, ``t`` and the predicted
+    ``class_name``; one row per object and time point, as ``objects.parquet``).
+
+    Coordinates are rounded to the nearest pixel; a point outside the image is an
+    :class:`InputError` naming its file and row. Returns a copy of ``points`` with
+    ``object_label`` (0: the point lies on background) and ``predicted`` (the object's
+    class; missing (None / NaN) where unmatched).
+    """
+    array, axes = _unwrap_image(labels, axes)
+    if "c" in axes:
+        raise InputError("labels", f"a label image has no channel axis (axes {axes!r})")
+    if "class_name" not in objects.columns:
+        raise InputError("objects", "no class_name column: the objects were not classified")
+    coordinates, sources, rows = _points_array(points, axes)
+    shape = tuple(int(s) for s in array.shape)
+    rounded = np.floor(coordinates + 0.5).astype(np.int64)
+    outside = np.flatnonzero(_outside(rounded, shape)) if len(rounded) else np.array([], int)
+    if outside.size:
+        i = outside[0]
+        raise _outside_error(sources[i], rows[i], axes, coordinates[i], shape)
+    if len(rounded):
+        index = tuple(rounded[:, j] for j in range(len(axes)))
+        values = np.asarray(array.vindex[index] if hasattr(array, "vindex") else np.asarray(array)[index])
+    else:
+        values = np.zeros(0, np.int64)
+    times = rounded[:, axes.index("t")] if "t" in axes else np.zeros(len(rounded), np.int64)
+    frame = objects["t"].astype(np.int64) if "t" in objects.columns else pd.Series(0, index=objects.index)
+    lookup = dict(zip(zip(frame.tolist(), objects["label"].astype(np.int64).tolist()), objects["class_name"].astype(str)))
+    result = points.copy()
+    result["object_label"] = values.astype(np.int64)
+    result["predicted"] = [lookup.get((int(t), int(v))) if v else None for t, v in zip(times, values)]
+    return result
+
+
+def confusion_counts(truth: Sequence[str], predicted: Sequence[str | None], class_names: Sequence[str]):
+    """Confusion matrix ``(K, K)`` of the matched points (rows: true class, columns:
+    predicted) and the number of unmatched points (``predicted`` missing) per true class."""
+    class_names = [str(c) for c in class_names]
+    index = {c: i for i, c in enumerate(class_names)}
+    matrix = np.zeros((len(class_names),) * 2, np.int64)
+    unmatched = np.zeros(len(class_names), np.int64)
+    for row, (t, p) in enumerate(zip(truth, predicted), start=1):
+        if str(t) not in index:
+            raise InputError("class truth", f"row {row}: class {t!r} is not one of {', '.join(class_names)}")
+        if p is None or pd.isna(p):
+            unmatched[index[str(t)]] += 1
+        elif str(p) not in index:
+            raise InputError("objects", f"predicted class {p!r} is not one of {', '.join(class_names)}")
+        else:
+            matrix[index[str(t)], index[str(p)]] += 1
+    return matrix, unmatched
+
+
+def metrics_from_counts(counts: pd.DataFrame) -> pd.DataFrame:
+    """Per-class precision, recall and F1 and the overall row from per-class counts.
+
+    ``counts``: ``class_name, n_unmatched, tp, fp, fn`` per class (other columns are
+    recomputed). Returns the columns of :data:`METRIC_COLUMNS`: one row per class, then the
+    row ``ALL`` with the counts summed, ``accuracy`` (correct / matched points),
+    ``balanced_accuracy`` (mean recall over the classes with matched truth points) and
+    ``macro_f1`` (mean F1 over the classes in the truth or the predictions), scikit-learn's
+    conventions; a ratio with a zero denominator is 0 per class and NaN overall.
+    """
+    table = pd.DataFrame({"class_name": counts["class_name"].astype(str).to_numpy()})
+    for column in ("n_unmatched", "tp", "fp", "fn"):
+        table[column] = counts[column].astype(np.int64).to_numpy()
+    table["n_matched"] = table["tp"] + table["fn"]
+    table["n_points"] = table["n_matched"] + table["n_unmatched"]
+
+    def ratio(a, b):
+        a, b = np.asarray(a, float), np.asarray(b, float)
+        return np.divide(a, b, out=np.zeros(a.shape), where=b > 0)
+
+    table["precision"] = ratio(table["tp"], table["tp"] + table["fp"])
+    table["recall"] = ratio(table["tp"], table["tp"] + table["fn"])
+    table["f1"] = ratio(2 * table["tp"], 2 * table["tp"] + table["fp"] + table["fn"])
+    in_truth = table["n_matched"] > 0
+    present = (table["tp"] + table["fp"] + table["fn"]) > 0
+    matched = int(table["n_matched"].sum())
+    overall = {"class_name": OVERALL, **{c: int(table[c].sum()) for c in COUNT_COLUMNS},
+               "precision": np.nan, "recall": np.nan, "f1": np.nan,
+               "accuracy": table["tp"].sum() / matched if matched else np.nan,
+               "balanced_accuracy": float(table.loc[in_truth, "recall"].mean()) if in_truth.any() else np.nan,
+               "macro_f1": float(table.loc[present, "f1"].mean()) if present.any() else np.nan}
+    for column in ("accuracy", "balanced_accuracy", "macro_f1"):
+        table[column] = np.nan
+    table = pd.concat([table, pd.DataFrame([overall])], ignore_index=True)
+    return table[list(METRIC_COLUMNS)]
+
+
+def object_class_metrics(matched: pd.DataFrame, class_names: Sequence[str]):
+    """Metrics table (see :func:`metrics_from_counts`) and confusion matrix of points
+    matched by :func:`match_points_to_objects` (columns ``class_name`` and ``predicted``)."""
+    class_names = [str(c) for c in class_names]
+    matrix, unmatched = confusion_counts(matched["class_name"].astype(str).tolist(), matched["predicted"].tolist(), class_names)
+    tp = np.diag(matrix)
+    counts = pd.DataFrame({"class_name": class_names, "n_unmatched": unmatched, "tp": tp,
+                           "fp": matrix.sum(axis=0) - tp, "fn": matrix.sum(axis=1) - tp})
+    return metrics_from_counts(counts), matrix
+
+
+def plot_object_confusion(matrix: np.ndarray, class_names: Sequence[str], table: pd.DataFrame, path, title: str = "") -> None:
+    """The confusion matrix PNG of :func:`object_class_metrics` (counts written, colours
+    row-normalized), its title giving matched points and balanced accuracy."""
+    overall = table[table["class_name"] == OVERALL].iloc[0]
+    text = (f"{title}: " if title else "") + (
+        f"{int(overall['n_matched'])} of {int(overall['n_points'])} points on an object; "
+        f"balanced accuracy {overall['balanced_accuracy']:.3f}, macro F1 {overall['macro_f1']:.3f}")
+    _plot_confusion(np.asarray(matrix), [str(c) for c in class_names], Path(path), text)
+
+
+def pool_classification_metrics(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """Per-sample metrics tables (with a ``sample`` column) and their pooled rows (sample
+    ``ALL``: counts summed per class over samples, ratios recomputed)."""
+    per_sample = []
+    for sample, table in tables.items():
+        table = table.copy()
+        if "sample" not in table.columns:
+            table.insert(0, "sample", sample)
+        per_sample.append(table)
+    if not per_sample:
+        return pd.DataFrame(columns=["sample", *METRIC_COLUMNS])
+    joined = pd.concat(per_sample, ignore_index=True)
+    classes = joined[joined["class_name"].astype(str) != OVERALL]
+    order = list(dict.fromkeys(classes["class_name"].astype(str)))
+    summed = classes.groupby(classes["class_name"].astype(str), sort=False)[["n_unmatched", "tp", "fp", "fn"]].sum()
+    pooled = metrics_from_counts(summed.loc[order].reset_index())
+    pooled.insert(0, "sample", OVERALL)
+    return pd.concat([joined[["sample", *METRIC_COLUMNS]], pooled], ignore_index=True)
+
+
+def write_training_confusion(model_dir, path) -> None:
+    """Copy the held-out confusion matrix PNG of a trained classifier (``test/`` in its
+    folder) to ``path`` atomically, for the report; without a test part, a figure saying so."""
+    source = Path(model_dir) / "test" / "confusion_matrix.png"
+    if source.is_file():
+        with atomic_path(path) as tmp:
+            tmp.write_bytes(source.read_bytes())
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4, 2))
+    ax.axis("off")
+    ax.text(0.5, 0.5, "no held-out test set\n(classification.split_fractions gives the test part 0)",
+            ha="center", va="center", fontsize=9)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
+    plt.close(fig)

@@ -17,7 +17,7 @@ from .tiff import AXES_LETTERS, expand_image_path
 
 SCHEMA_DIR = Path(__file__).resolve().parents[2] / "workflow" / "schemas"
 SHEET_COLUMNS = ("sample_id", "image", "axes", "voxel_size", "time_interval", "channel",
-                 "labels", "tracks", "points", "target")
+                 "labels", "tracks", "points", "target", "class_truth")
 
 
 class ConfigError(ValueError):
@@ -40,6 +40,7 @@ class Sample:
     tracks: str | None = None
     points: str | None = None
     target: str | None = None
+    class_truth: str | None = None
 
     def spatial_ndim(self) -> int:
         """2 or 3, from the axes (or, where the sheet leaves them out, the file's metadata)."""
@@ -56,7 +57,7 @@ class Sample:
     def input_files(self) -> list[str]:
         """Every file this sample reads (for provenance checksums and rerun triggers)."""
         files = [str(p) for p in expand_image_path(self.image)]
-        for extra in (self.labels, self.points, self.target):
+        for extra in (self.labels, self.points, self.target, self.class_truth):
             if extra:
                 files += [str(p) for p in expand_image_path(extra)]
         if self.tracks:
@@ -97,7 +98,16 @@ def validate_config(config: dict, where: str = "config") -> tuple[dict, list[str
     if isinstance(norm, dict) and isinstance(norm.get("low"), (int, float)) and isinstance(norm.get("high"), (int, float)):
         if norm["low"] >= norm["high"]:
             problems.append(f"{where}: key 'normalize.low' ({norm['low']}) must be below 'normalize.high' ({norm['high']})")
+    restoration = config.get("restoration", {})
+    if isinstance(restoration, dict) and isinstance(restoration.get("care"), dict):
+        n2v_only = sorted(set(restoration["care"]) & N2V_ONLY_KEYS)
+        if n2v_only:
+            problems.append(f"{where}: key 'restoration.care': {', '.join(n2v_only)} only apply to N2V (the n2v section)")
     return config, sorted(problems)
+
+
+#: Keys of the restoration settings that only Noise2Void has.
+N2V_ONLY_KEYS = {"n2v_perc_pix", "manipulator", "neighborhood_radius", "batch_norm", "blurpool", "skip_skipone"}
 
 
 def read_sheet(path: str | Path) -> tuple[list[dict], list[str]]:
@@ -156,7 +166,7 @@ def to_sample(row: dict) -> Sample:
     return Sample(
         sample_id=row["sample_id"], image=row["image"], axes=axes, voxel_size=voxel,
         channel=int(row.get("channel", 0)), labels=row.get("labels"), tracks=row.get("tracks"),
-        points=row.get("points"), target=row.get("target"),
+        points=row.get("points"), target=row.get("target"), class_truth=row.get("class_truth"),
     )
 
 

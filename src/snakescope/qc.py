@@ -1,4 +1,4 @@
-"""Quality-control figures for the report: the analysed image with segmentation outlines."""
+"""Quality-control figures for the report: segmentation outlines, restoration before/after, tracks."""
 
 from __future__ import annotations
 
@@ -85,6 +85,48 @@ def track_plot(tracks, out_png, *, title: str = "", summary: dict | None = None)
     elif title:
         ax.set_title(title)
     ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    Path(out_png).parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out_png) as tmp:
+        fig.savefig(tmp, dpi=90, format="png")
+    plt.close(fig)
+
+
+def restoration_before_after(image_path, restored_path, out_png, *, target_path=None, channel: int = 0,
+                             title: str = "", crop: int = 256) -> None:
+    """The middle frame before and after restoration (and the clean target when there is
+    one): whole plane and a centre crop of ``crop`` pixels, each panel with its own 1-99.8
+    percentile contrast, so the noise left and the detail kept can be judged by eye."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = [("before", image_path), ("restored", restored_path)] + ([("target", target_path)] if target_path else [])
+    planes = []
+    for name, path in paths:
+        image = ngff.read_image(path)
+        spatial_ndim = sum(a in "zyx" for a in image.axes)
+        # the target may lack the channel axis of a multi-channel image
+        use = channel if "c" in image.axes else 0
+        all_frames = list(frames(image.axes, image.shape, use))
+        t, index = all_frames[len(all_frames) // 2]
+        planes.append((name, _middle_plane(image.data, index, spatial_ndim).astype(np.float32), t, spatial_ndim))
+    n_rows = 2 if max(planes[0][1].shape) > crop else 1  # a crop of a small image would repeat it
+    fig, axes = plt.subplots(n_rows, len(planes), figsize=(4.0 * len(planes), 4.1 * n_rows), squeeze=False)
+    for col, (name, plane, t, spatial_ndim) in enumerate(planes):
+        h, w = plane.shape
+        cy, cx = max(0, h // 2 - crop // 2), max(0, w // 2 - crop // 2)
+        for row, view in enumerate((plane, plane[cy:cy + crop, cx:cx + crop])[:n_rows]):
+            lo, hi = np.percentile(view, [1, 99.8])
+            ax = axes[row][col]
+            ax.imshow(view, cmap="gray", vmin=lo, vmax=hi if hi > lo else lo + 1, interpolation="nearest")
+            where = f"t={t}" if t is not None else "image"
+            ax.set_title(f"{name} ({where}{', middle z' if spatial_ndim == 3 else ''})" if row == 0 else f"{name}, centre crop",
+                         fontsize=9)
+            ax.axis("off")
+    if title:
+        fig.suptitle(title)
     fig.tight_layout()
     Path(out_png).parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(out_png) as tmp:

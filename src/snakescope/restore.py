@@ -1150,6 +1150,11 @@ def _expand(block: np.ndarray, axes: str) -> np.ndarray:
 def restoration_metrics(source, restored, target, *, channel: int | None = None, data_range: float | None = None) -> dict:
     """PSNR and SSIM of the input and of the restored image against a clean target.
 
+    ``psnr_*_affine``: PSNR after the least-squares affine fit ``a * image + b`` of each image
+    to the target (``affine_slope_*`` = a), which is insensitive to the contrast and offset
+    differences that separate normalization of noisy and clean images leaves (and to N2V's
+    contrast compression); the plain PSNR is reported too.
+
     ``data_range`` defaults to the target's ``max - min`` (over the whole target), used for
     both PSNR and SSIM and returned. PSNR is computed over all voxels; SSIM
     (``skimage.metrics.structural_similarity``, 7x7 Gaussian-free window, float64) per y-x
@@ -1186,22 +1191,38 @@ def restoration_metrics(source, restored, target, *, channel: int | None = None,
         raise InputError(tgt.name, "the target is constant: PSNR/SSIM are undefined")
     sq = {"input": 0.0, "restored": 0.0}
     ssim = {"input": [], "restored": []}
+    # sums for the least-squares affine fit a * image + b of each image to the target
+    sums = {key: np.zeros(3) for key in sq}  # sum p, sum p^2, sum p*t
+    t_sum = t_sq = 0.0
     n = 0
     for idx in planes:
         t = tgt.read(region(idx)).astype(np.float64).reshape(shape[-2:])
+        t_sum, t_sq = t_sum + float(t.sum()), t_sq + float(np.square(t).sum())
         for key, s in (("input", src), ("restored", res)):
             p = s.read(region(idx)).astype(np.float64).reshape(shape[-2:])
             sq[key] += float(np.square(p - t).sum())
+            sums[key] += (float(p.sum()), float(np.square(p).sum()), float((p * t).sum()))
             ssim[key].append(structural_similarity(t, p, data_range=data_range))
         n += t.size
     out = {"data_range": data_range, "data_range_rule": rule,
            "n_voxels": n}
+
+    def psnr(mse):
+        return float("inf") if mse <= 0 else float(10 * np.log10(data_range**2 / mse))
+
+    t_mean, t_var = t_sum / n, t_sq / n - (t_sum / n) ** 2
     for key in ("input", "restored"):
         mse = sq[key] / n
-        out[f"psnr_{key}"] = float("inf") if mse == 0 else float(10 * np.log10(data_range**2 / mse))
+        out[f"psnr_{key}"] = psnr(mse)
         out[f"ssim_{key}"] = float(np.mean(ssim[key]))
         out[f"mse_{key}"] = float(mse)
+        p_sum, p_sq, pt = sums[key]
+        p_var, cov = p_sq / n - (p_sum / n) ** 2, pt / n - (p_sum / n) * t_mean
+        slope = cov / p_var if p_var > 0 else 0.0
+        out[f"psnr_{key}_affine"] = psnr(max(0.0, t_var - slope * cov))
+        out[f"affine_slope_{key}"] = float(slope)
     out["psnr_gain"] = out["psnr_restored"] - out["psnr_input"]
+    out["psnr_gain_affine"] = out["psnr_restored_affine"] - out["psnr_input_affine"]
     return out
 
 

@@ -44,6 +44,146 @@ def normalize_step(args):
               pyramid_method=ing.get("pyramid_method", "nearest"), threads=args.threads)
 
 
+# ---- restoration: the N2V steps run in the n2v environment (TF 2.15, numpy 1.26), so the
+# imports stay inside the functions and only snakescope.restore is needed there.
+
+
+def prepare_target_arguments(p):
+    p.add_argument("--sample", type=cli.json_arg, required=True, help="the sample's row as JSON")
+    p.add_argument("--image", required=True, help="the sample's ingested image, for the shape check")
+    p.add_argument("--settings", type=cli.json_arg, default={}, help="the config's normalize section")
+    p.add_argument("--ingest-settings", type=cli.json_arg, default={})
+    p.add_argument("--out", required=True)
+    p.add_argument("--stats", required=True)
+
+
+def prepare_target_step(args):
+    """Ingest and normalize a sample's clean target like its image; check the shapes match."""
+    import tempfile
+
+    from . import ngff
+    from .errors import InputError
+    from .ingest import ingest
+
+    s, ing = args.sample, args.ingest_settings
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    axes = s.get("axes") or None
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=".target-") as tmp:
+        raw = Path(tmp) / "target.ome.zarr"
+
+        def run(axes_):
+            ingest(s["target"], axes_, raw, name=f"{s['sample_id']} target", voxel_size=s.get("voxel_size"),
+                   chunks=ing.get("chunks"), pyramid_levels=ing.get("pyramid_levels", "auto"),
+                   pyramid_method=ing.get("pyramid_method", "nearest"),
+                   compression=ing.get("compression", "lz4"), threads=args.threads)
+
+        try:
+            run(axes)
+        except InputError:
+            if not axes or "C" not in axes:
+                raise
+            run(axes.replace("C", ""))  # a one-channel target of a multi-channel image
+        image, target = ngff.read_image(args.image), ngff.read_image(raw)
+        strip = lambda im: {a: n for a, n in zip(im.axes, im.shape) if a != "c"}  # noqa: E731
+        if strip(image) != strip(target):
+            raise InputError(s["target"], f"the clean target of sample {s['sample_id']} has shape {strip(target)}, "
+                                          f"its image {s['image']} has {strip(image)}: they must match (channels aside)")
+        args.image = str(raw)
+        normalize_step(args)
+
+
+def train_restoration_arguments(p):
+    p.add_argument("--method", choices=["n2v", "care"], required=True)
+    p.add_argument("--ndim", type=int, choices=[2, 3], required=True)
+    p.add_argument("--sources", type=cli.json_arg, required=True, help="[{sample, image, channel, target}] as JSON")
+    p.add_argument("--settings", type=cli.json_arg, required=True, help="the config's restoration section")
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--out", required=True)
+    p.add_argument("--curve", required=True, help="where the training curve is copied for the report")
+
+
+def train_restoration_step(args):
+    import shutil
+
+    from . import restore
+    from .atomic import atomic_path
+    from .errors import InputError
+
+    if not args.sources:
+        raise InputError(args.out, f"no samples to train a {args.ndim}D {args.method.upper()} model on "
+                                   "(restoration.train_samples; CARE needs samples with a target)")
+    settings = {**args.settings.get(args.method, {}), "seed": args.seed}
+    yx, depth = settings.pop("patch_shape", None), settings.pop("patch_depth", 16)
+    if yx:
+        settings["patch_shape"] = [depth, *yx] if args.ndim == 3 else list(yx)
+    elif args.ndim == 3:
+        settings["patch_shape"] = [depth, 64, 64]
+    images = [restore.as_source(src["image"], src.get("channel"), src["sample"]) for src in args.sources]
+    if args.method == "n2v":
+        restore.train_n2v(images, args.out, ndim=args.ndim, threads=args.threads, **settings)
+    else:
+        targets = [src["target"] for src in args.sources]
+        restore.train_care(images, targets, args.out, ndim=args.ndim, threads=args.threads, **settings)
+    with atomic_path(args.curve) as tmp:
+        shutil.copyfile(Path(args.out) / "training.png", tmp)
+
+
+def restore_arguments(p):
+    p.add_argument("--method", choices=["n2v", "care"], required=True)
+    p.add_argument("--model", required=True)
+    p.add_argument("--image", required=True)
+    p.add_argument("--channel", type=int, default=0)
+    p.add_argument("--settings", type=cli.json_arg, default={}, help="the config's restoration section")
+    p.add_argument("--ingest-settings", type=cli.json_arg, default={})
+    p.add_argument("--out", required=True)
+
+
+def restore_step(args):
+    from . import restore
+
+    ing = args.ingest_settings
+    restore.predict(args.model, args.method, args.image, args.out, channel=args.channel,
+                    block_shape=args.settings.get("block_shape"), compression=ing.get("compression", "lz4"),
+                    pyramid_levels=ing.get("pyramid_levels", "auto"), threads=args.threads)
+
+
+def evaluate_restoration_arguments(p):
+    p.add_argument("--image", required=True, help="the restoration's input (normalized image)")
+    p.add_argument("--restored", required=True)
+    p.add_argument("--target", required=True, help="the normalized clean target")
+    p.add_argument("--channel", type=int, default=0)
+    p.add_argument("--sample", required=True)
+    p.add_argument("--out", required=True)
+
+
+def evaluate_restoration_step(args):
+    import pandas as pd
+
+    from . import restore
+    from .atomic import atomic_path
+
+    metrics = restore.restoration_metrics(args.image, args.restored, args.target, channel=args.channel)
+    with atomic_path(args.out) as tmp:
+        pd.DataFrame([{"sample": args.sample, **metrics}]).to_csv(tmp, index=False)
+
+
+def qc_restoration_arguments(p):
+    p.add_argument("--image", required=True)
+    p.add_argument("--restored", required=True)
+    p.add_argument("--target", help="the normalized clean target, when the sample has one")
+    p.add_argument("--channel", type=int, default=0)
+    p.add_argument("--title", default="")
+    p.add_argument("--out", required=True)
+
+
+def qc_restoration_step(args):
+    from .qc import restoration_before_after
+
+    restoration_before_after(args.image, args.restored, args.out, target_path=args.target, channel=args.channel,
+                             title=args.title)
+
+
 def provenance_arguments(p):
     p.add_argument("--sample", type=cli.json_arg, required=True)
     p.add_argument("--config", type=cli.json_arg, required=True)
@@ -217,7 +357,7 @@ def evaluate_segmentation_step(args):
 
 def gather_metrics_arguments(p):
     p.add_argument("--inputs", nargs="+", required=True)
-    p.add_argument("--kind", choices=["segmentation", "tracking"], required=True)
+    p.add_argument("--kind", choices=["segmentation", "tracking", "classification", "restoration"], required=True)
     p.add_argument("--out", required=True)
 
 
@@ -234,6 +374,22 @@ def gather_metrics_step(args):
         total = evaluate.summarize({k: t.drop(columns=["sample"]) for k, t in tables.items()})
         total.insert(0, "sample", "ALL")
         result = pd.concat([*tables.values(), total], ignore_index=True)
+    elif args.kind == "restoration":
+        tables = [pd.read_csv(p) for p in args.inputs]
+        result = pd.concat(tables, ignore_index=True)
+        mean = result.drop(columns=["sample", "data_range_rule"]).mean(numeric_only=True)
+        mean["n_voxels"] = result["n_voxels"].sum()
+        result = pd.concat([result, pd.DataFrame([{"sample": "ALL", "data_range_rule": "mean over samples",
+                                                   **mean.to_dict()}])], ignore_index=True)
+    elif args.kind == "classification":
+        from .classify import pool_classification_metrics
+
+        # class names as text ("NA" is a class name here, not a missing value)
+        tables = {Path(p).parent.name: pd.read_csv(p, dtype={"sample": str, "class_name": str}, keep_default_na=False,
+                                                   na_values={c: [""] for c in ("precision", "recall", "f1", "accuracy",
+                                                                                "balanced_accuracy", "macro_f1")})
+                  for p in args.inputs}
+        result = pool_classification_metrics(tables)
     else:
         from .ctc import summarize_metrics
 
@@ -304,30 +460,76 @@ def evaluate_tracking_step(args):
 
 def train_classifier_arguments(p):
     _training_arguments(p, "points", "classification")
+    p.add_argument("--ndim", choices=["2d", "3d"], required=True, help="dimensionality of the model's patches")
+    p.add_argument("--patch-folder", default="none", help="ready patches, one subfolder per class; none = points only")
+    p.add_argument("--confusion", help="where to copy the held-out confusion matrix PNG (for the report)")
 
 
 def train_classifier_step(args):
     import numpy as np
 
     from . import classify, ngff
+    from .errors import InputError
 
     cfg = args.settings
-    patches, labels, ids = [], [], []
+    time_window = int(cfg.get("time_window", 0))
+    size = ([cfg.get("patch_size_z", 8)] if args.ndim == "3d" else []) + list(cfg.get("patch_size", [32, 32]))
+    patches, labels, ids, sources = [], [], [], []
     for src in args.sources:
         image = ngff.read_image(src["image"])
-        spatial = [a for a in image.axes if a in "zyx"]
-        size = ([cfg.get("patch_size_z", 8)] if "z" in spatial else []) + list(cfg.get("patch_size", [32, 32]))
         channels = [src["channel"]] if "c" in image.axes else None
-        p, lab, i, _ = classify.patches_from_annotations(image.data, image.axes, src["points"], size,
-                                                         cfg.get("time_window", 0), channels=channels)
+        p, lab, i, table = classify.patches_from_annotations(image.data, image.axes, src["points"], size,
+                                                             time_window, channels=channels)
         patches.append(p)
         labels += lab
         ids += [f"{src['sample']}:{k}" for k in i]
+        sources += table["source"].astype(str).tolist()
+    if args.patch_folder not in ("", "none"):
+        p, lab, i, files = classify.training_patches_from_folder(
+            args.patch_folder, int(args.ndim[0]), 2 * time_window + 1, spatial_shape=size if patches else None)
+        patches.append(p)
+        labels += lab
+        ids += i
+        sources += files
+    if not patches:
+        raise InputError("classification", f"no {args.ndim} training data: no sample with points and no patch folder")
     classify.train_classifier(
         np.concatenate(patches), labels, args.out, epochs=cfg.get("epochs", 100), batch_size=cfg.get("batch_size", 32),
         learning_rate=cfg.get("learning_rate", 1e-3), imbalance=cfg.get("imbalance", "weights"),
         augment=cfg.get("augment", True), patience=cfg.get("patience", 10), seed=args.seed,
-        split_path=args.split, ids=ids, fractions=tuple(cfg.get("split_fractions", (0.7, 0.15, 0.15))))
+        split_path=args.split, ids=ids, sources=sources, time_window=time_window,
+        fractions=tuple(cfg.get("split_fractions", (0.7, 0.15, 0.15))))
+    if args.confusion:
+        classify.write_training_confusion(args.out, args.confusion)
+
+
+def evaluate_classification_arguments(p):
+    p.add_argument("--truth", required=True, help="the sample's class_truth entry: napari point CSVs (a file or a glob)")
+    p.add_argument("--labels", required=True, help="predicted labels.ome.zarr")
+    p.add_argument("--objects", required=True, help="classified objects.parquet")
+    p.add_argument("--model", required=True, help="the classifier folder (its class names)")
+    p.add_argument("--sample", required=True)
+    p.add_argument("--out", required=True, help="metrics CSV")
+    p.add_argument("--plot", required=True, help="confusion matrix PNG")
+
+
+def evaluate_classification_step(args):
+    """Truth points -> the objects under them -> per-class metrics and a confusion matrix."""
+    import pandas as pd
+
+    from . import classify
+    from .atomic import atomic_path
+    from .segment import read_labels_image
+
+    class_names = classify.classifier_class_names(args.model)
+    labels = read_labels_image(args.labels)
+    truth = classify.read_point_annotations(args.truth, labels.axes, class_names=class_names, image_shape=labels.shape)
+    matched = classify.match_points_to_objects(truth, labels.data, labels.axes, pd.read_parquet(args.objects))
+    table, matrix = classify.object_class_metrics(matched, class_names)
+    table.insert(0, "sample", args.sample)
+    with atomic_path(args.out) as tmp:
+        table.to_csv(tmp, index=False)
+    classify.plot_object_confusion(matrix, class_names, table, args.plot, title=args.sample)
 
 
 def classify_arguments(p):

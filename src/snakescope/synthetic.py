@@ -40,6 +40,7 @@ __all__ = [
     "CAMERA_OFFSET",
     "CLASS_STYLES",
     "SyntheticTimelapse",
+    "camera_noise",
     "make_timelapse",
     "write_timelapse",
 ]
@@ -552,6 +553,17 @@ def _camera(signal, labels, blank_mask, photons, read_noise, rng):
     image = np.clip(np.rint(counts), 1, np.iinfo(np.uint16).max).astype(np.uint16)
     image[..., blank_mask] = 0
     return image
+
+
+def camera_noise(clean: np.ndarray, peak: float, read_noise: float, rng) -> np.ndarray:
+    """A Poisson-Gaussian camera applied to a clean image scaled to [0, 1]:
+    ``(Poisson(peak * clean) + Normal(0, read_noise)) / peak`` (photons at the brightest
+    pixel, read noise in photons rms), float32 on the clean image's scale."""
+    clean = np.asarray(clean, dtype=np.float64)
+    if clean.min() < 0:
+        raise ValueError("camera_noise expects a clean image scaled to [0, 1] (found negative values)")
+    photons = rng.poisson(peak * clean) + rng.normal(0.0, read_noise, clean.shape)
+    return (photons / peak).astype(np.float32)
 
 
 def _label_centroids(labels, class_of):

@@ -1,11 +1,18 @@
 rule train_classifier:
     input:
         images=lambda wc: [
-            f"results/{s.sample_id}/normalized.ome.zarr"
-            for s in classifier_training_samples(wc.ndim)
+            analysis_path(s.sample_id) for s in classifier_training_samples(wc.ndim)
         ],
+        points=lambda wc: classifier_point_files(wc.ndim),
+        patches=lambda wc: classifier_patch_inputs(wc.ndim),
     output:
         model=directory("results/models/classifier_{ndim}"),
+        confusion=report(
+            "results/models/classifier_{ndim}_confusion.png",
+            caption="../report/classifier_confusion.rst",
+            category="Training",
+            subcategory="classifier {ndim}",
+        ),
     log:
         "logs/train_classifier/{ndim}.log",
     benchmark:
@@ -27,9 +34,12 @@ rule train_classifier:
         settings=section_json("classification"),
         split=lambda wc: f"{config['segmentation']['split_dir']}/classifier_{wc.ndim}.csv",
         seed=config["seed"],
+        patch_folder=lambda wc: classifier_patch_folder(wc.ndim) or "none",
     shell:
         "{params.python} {params.script} --sources {params.sources:q} --settings {params.settings:q}"
-        " --split {params.split:q} --seed {params.seed} --out {output.model:q} > {log:q} 2>&1"
+        " --split {params.split:q} --seed {params.seed} --ndim {wildcards.ndim}"
+        " --patch-folder {params.patch_folder:q} --out {output.model:q}"
+        " --confusion {output.confusion:q} > {log:q} 2>&1"
 
 
 rule classify:
@@ -57,3 +67,60 @@ rule classify:
     shell:
         "{params.python} {params.script} --objects {input.objects:q} --image {input.image:q}"
         " --channel {params.channel} --model {params.model:q} --out {output:q} > {log:q} 2>&1"
+
+
+rule evaluate_classification:
+    input:
+        labels="results/{sample}/labels.ome.zarr",
+        objects="results/{sample}/objects.parquet",
+        model=classifier_model,
+        truth=class_truth_files,
+    output:
+        metrics="results/{sample}/classification_metrics.csv",
+        confusion=report(
+            "results/{sample}/qc/confusion.png",
+            caption="../report/classification_confusion.rst",
+            category="Classification",
+            subcategory="{sample}",
+        ),
+    log:
+        "logs/evaluate_classification/{sample}.log",
+    conda:
+        "../../envs/tensorflow.yaml"
+    resources:
+        mem_mb=mem_mb(2),
+        runtime=runtime(),
+    params:
+        python=python_for("main"),
+        script=script("evaluate_classification.py"),
+        truth=lambda wc: SAMPLES[wc.sample].class_truth,
+    shell:
+        "{params.python} {params.script} --truth {params.truth:q} --labels {input.labels:q}"
+        " --objects {input.objects:q} --model {input.model:q} --sample {wildcards.sample}"
+        " --out {output.metrics:q} --plot {output.confusion:q} > {log:q} 2>&1"
+
+
+rule gather_classification_metrics:
+    input:
+        lambda wc: [
+            f"results/{s}/classification_metrics.csv"
+            for s in classification_evaluated_samples()
+        ],
+    output:
+        report(
+            "results/metrics/classification.csv",
+            caption="../report/classification_metrics.rst",
+            category="Metrics",
+        ),
+    log:
+        "logs/gather_metrics/classification.log",
+    conda:
+        "../../envs/tensorflow.yaml"
+    resources:
+        mem_mb=mem_mb(),
+        runtime=runtime(),
+    params:
+        python=python_for("main"),
+        script=script("gather_metrics.py"),
+    shell:
+        "{params.python} {params.script} --kind classification --inputs {input:q} --out {output:q} > {log:q} 2>&1"

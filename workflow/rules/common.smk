@@ -1,5 +1,5 @@
+import functools
 import json
-import re
 import sys
 from dataclasses import asdict
 from pathlib import Path
@@ -17,8 +17,10 @@ for _warning in _warnings:
     logger.warning(_warning)
 
 
+# The schema restricts sample ids to these characters (and reserves "models", "metrics"):
+# a character class matches in constant time, an alternation of every id would not.
 wildcard_constraints:
-    sample="|".join(re.escape(s) for s in SAMPLES) or "no-samples",
+    sample="[A-Za-z0-9][A-Za-z0-9_.-]*",
 
 
 def use_conda():
@@ -64,6 +66,24 @@ def image_files(wildcards):
     ]
 
 
+def target_files(wildcards):
+    """The clean target's TIFF files that exist (a missing one fails that sample's job)."""
+    from snakescope.tiff import expand_image_path
+
+    return [
+        str(p)
+        for p in expand_image_path(SAMPLES[wildcards.sample].target)
+        if p.exists()
+    ]
+
+
+def target_image(wildcards):
+    """The sample's normalized clean target, when the sheet names one."""
+    if SAMPLES[wildcards.sample].target:
+        return f"results/{wildcards.sample}/target.ome.zarr"
+    return []
+
+
 def mem_mb(base_factor=1.0):
     """Memory that grows with each retry (attempt 1, 2, ...)."""
 
@@ -80,15 +100,97 @@ def runtime(base_factor=1.0):
     return scaled
 
 
-def analysis_image(wildcards):
-    """The image the analysis stages read: restored when restoration is on."""
-    return f"results/{wildcards.sample}/normalized.ome.zarr"
+RESTORATION = config["restoration"]["method"]
 
 
+@functools.cache
 def samples_of_ndim(ndim):
     return [s for s in SAMPLES.values() if s.spatial_ndim() == int(ndim[0])]
 
 
+def restoration_env():
+    """N2V needs its own environment (TF 2.15, Keras 2); CARE runs in the main one."""
+    return "n2v" if RESTORATION == "n2v" else "main"
+
+
+def restoration_conda():
+    return f"../../envs/{'n2v' if RESTORATION == 'n2v' else 'tensorflow'}.yaml"
+
+
+@functools.cache
+def restoration_training_samples(ndim):
+    """Samples that train the {ndim} restoration model (CARE: those with a clean target)."""
+    chosen = config["restoration"]["train_samples"]
+    return [
+        s
+        for s in samples_of_ndim(ndim)
+        if (chosen == "all" or s.sample_id in chosen)
+        and (RESTORATION != "care" or s.target)
+    ]
+
+
+def restoration_sources(ndim):
+    return json.dumps(
+        [
+            {
+                "sample": s.sample_id,
+                "image": f"results/{s.sample_id}/normalized.ome.zarr",
+                "channel": s.channel,
+                "target": (
+                    f"results/{s.sample_id}/target.ome.zarr" if s.target else None
+                ),
+            }
+            for s in restoration_training_samples(ndim)
+        ],
+        sort_keys=True,
+    )
+
+
+def restoration_model(wildcards):
+    """A pretrained model folder from the config, or the one this workflow trains."""
+    ndim = f"{SAMPLES[wildcards.sample].spatial_ndim()}d"
+    return (
+        config["restoration"][f"model_{ndim}"] or f"results/models/{RESTORATION}_{ndim}"
+    )
+
+
+@functools.cache
+def restored_samples():
+    """Ids of the samples restored: a model exists for their dimensionality."""
+    if RESTORATION == "none":
+        return frozenset()
+    return frozenset(
+        s.sample_id
+        for s in SAMPLES.values()
+        if config["restoration"][f"model_{s.spatial_ndim()}d"]
+        or restoration_training_samples(f"{s.spatial_ndim()}d")
+    )
+
+
+def analysis_path(sample_id):
+    """The image the analysis stages read: restored when restoration is on."""
+    if sample_id in restored_samples():
+        return f"results/{sample_id}/restored.ome.zarr"
+    return f"results/{sample_id}/normalized.ome.zarr"
+
+
+def analysis_image(wildcards):
+    return analysis_path(wildcards.sample)
+
+
+def restoration_outputs():
+    restored = sorted(restored_samples())
+    outputs = expand(
+        "results/{sample}/{name}",
+        sample=restored,
+        name=["restored.ome.zarr", "qc/restoration.png"],
+    )
+    if [s for s in samples_with("target") if s in restored]:
+        outputs.append("results/metrics/restoration.csv")
+    return outputs
+
+
+@functools.cache
 def training_samples(ndim):
     """Samples with labels that train the {ndim} model (2d or 3d)."""
     chosen = config["segmentation"]["train_samples"]
@@ -104,7 +206,7 @@ def training_sources(ndim):
         [
             {
                 "sample": s.sample_id,
-                "image": f"results/{s.sample_id}/normalized.ome.zarr",
+                "image": analysis_path(s.sample_id),
                 "labels": s.labels,
                 "channel": s.channel,
             }
@@ -181,7 +283,7 @@ def classifier_sources(ndim):
         [
             {
                 "sample": s.sample_id,
-                "image": f"results/{s.sample_id}/normalized.ome.zarr",
+                "image": analysis_path(s.sample_id),
                 "points": s.points,
                 "channel": s.channel,
             }
@@ -191,20 +293,93 @@ def classifier_sources(ndim):
     )
 
 
-def classifier_model(wildcards):
-    """The classifier for this sample's dimensionality: pretrained, trained here, or none."""
+def classifier_patch_folder(ndim):
+    """The folder of ready {ndim} training patches (one subfolder per class), or None."""
+    return config["classification"][f"patch_folder_{ndim}"]
+
+
+def classifier_patch_inputs(ndim):
+    """The patch folder and its patch files, so that an added, changed or removed patch
+    retrains the classifier (a folder's own mtime misses changes inside its subfolders).
+    """
+    from snakescope.classify import PATCH_EXTENSIONS
+
+    folder = classifier_patch_folder(ndim)
+    if not folder:
+        return []
+    return [folder] + sorted(
+        str(p)
+        for p in Path(folder).glob("*/*")
+        if p.is_file() and p.suffix.lower() in PATCH_EXTENSIONS
+    )
+
+
+def annotation_files(spec):
+    """The CSV files a points / class_truth entry names (a file, a glob or a folder) that exist."""
+    from snakescope.tiff import expand_image_path
+
+    if not spec:
+        return []
+    if Path(spec).is_dir():
+        return sorted(str(p) for p in Path(spec).glob("*.csv"))
+    return [str(p) for p in expand_image_path(spec) if p.exists()]
+
+
+def classifier_point_files(ndim):
+    return [
+        f for s in classifier_training_samples(ndim) for f in annotation_files(s.points)
+    ]
+
+
+def classifier_for(sample):
+    """The classifier for a sample's dimensionality: pretrained, trained here, or none."""
     cfg = config["classification"]
-    ndim = f"{SAMPLES[wildcards.sample].spatial_ndim()}d"
+    ndim = f"{sample.spatial_ndim()}d"
     if not cfg["enabled"]:
         return []
     if cfg[f"model_{ndim}"]:
         return cfg[f"model_{ndim}"]
-    if classifier_training_samples(ndim):
+    if classifier_training_samples(ndim) or classifier_patch_folder(ndim):
         return f"results/models/classifier_{ndim}"
     return []
 
 
+def classifier_model(wildcards):
+    return classifier_for(SAMPLES[wildcards.sample])
+
+
+def class_truth_files(wildcards):
+    """The sample's class ground-truth CSVs that exist: a missing one fails that job only."""
+    return annotation_files(SAMPLES[wildcards.sample].class_truth)
+
+
+def classification_evaluated_samples():
+    """Segmented samples with class ground truth and a classifier for their dimensionality."""
+    return [
+        s
+        for s in samples_with("class_truth")
+        if s in segmented_samples() and classifier_for(SAMPLES[s])
+    ]
+
+
+def classification_outputs():
+    outputs = expand(
+        "results/{sample}/{name}",
+        sample=classification_evaluated_samples(),
+        name=["classification_metrics.csv", "qc/confusion.png"],
+    )
+    if outputs:
+        outputs.append("results/metrics/classification.csv")
+    return outputs
+
+
 for _sample in SAMPLES.values():
+    if RESTORATION != "none" and _sample.sample_id not in restored_samples():
+        logger.warning(
+            f"sample {_sample.sample_id}: no {_sample.spatial_ndim()}D {RESTORATION.upper()} model "
+            "(no pretrained restoration.model_*d and no training sample of that dimensionality"
+            f"{' with a target' if RESTORATION == 'care' else ''}): it is analysed unrestored"
+        )
     if config["segmentation"]["method"] != "none" and not can_segment(_sample):
         logger.warning(
             f"sample {_sample.sample_id}: no {_sample.spatial_ndim()}D segmentation model "

@@ -32,8 +32,10 @@ rule summary:
     input:
         expand("results/{sample}/normalized.ome.zarr", sample=SAMPLES),
         expand("results/{sample}/provenance.json", sample=SAMPLES),
+        restoration_outputs(),
         segmentation_outputs(),
         tracking_outputs(),
+        classification_outputs(),
     output:
         "results/summary.md",
     log:

@@ -1,8 +1,7 @@
 rule train_segmentation:
     input:
         images=lambda wc: [
-            f"results/{s.sample_id}/normalized.ome.zarr"
-            for s in training_samples(wc.ndim)
+            analysis_path(s.sample_id) for s in training_samples(wc.ndim)
         ],
         labels=lambda wc: [s.labels for s in training_samples(wc.ndim)],
     output:

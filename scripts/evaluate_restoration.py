@@ -1,0 +1,10 @@
+#!/usr/bin/env python3
+"""Rule entry point: PSNR and SSIM of the input and the restored image against the clean target -> results/{sample}/restoration_metrics.csv."""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+from snakescope import cli, steps  # noqa: E402
+
+cli.main(steps.evaluate_restoration_step, __doc__, steps.evaluate_restoration_arguments)

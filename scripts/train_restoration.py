@@ -1,0 +1,10 @@
+#!/usr/bin/env python3
+"""Rule entry point: train a Noise2Void (n2v environment) or CARE model on the chosen samples -> results/models/{n2v,care}_{2d,3d}."""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+from snakescope import cli, steps  # noqa: E402
+
+cli.main(steps.train_restoration_step, __doc__, steps.train_restoration_arguments)
