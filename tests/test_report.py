@@ -56,7 +56,8 @@ def test_report_renders_with_figures(full_run, tmp_path):
     html = dom.stdout
     # the rendered page lists the report's categories and result files, with captions
     for expected in ("Segmentation", "Training", "Tracking", "Provenance", "Metrics",
-                     "segmentation.png", "history.png", "tracks.png", "provenance.json"):
+                     "segmentation.png", "stardist_2d_training.png", "classifier_2d_confusion.png", "tracks.png",
+                     "provenance.json"):
         assert expected in html, f"{expected!r} missing from the rendered report"
     shot = tmp_path / "report.png"
     subprocess.run([browser, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--window-size=1400,1000",

@@ -109,8 +109,14 @@ def test_n2v_in_the_dag_feeds_segmentation(n2v_project):
     assert re.search(r"segment\.py --model \S+ --image results/cells/restored\.ome\.zarr", plan), plan[-3000:]
     assert re.search(r'train_stardist\.py --sources .*"image": "results/cells/restored\.ome\.zarr"', plan)
     assert re.search(r"\.venv/n2v/bin/python \S+/scripts/train_restoration\.py --method n2v --ndim 2", plan)
-    run_snakemake(wd, "--cores", "2", "results/cells/labels.ome.zarr", "results/metrics/restoration.csv",
-                  "results/cells/qc/restoration.png", timeout=1500)
+    targets = ["results/cells/labels.ome.zarr", "results/metrics/restoration.csv", "results/cells/qc/restoration.png",
+               "results/blobs/qc/restoration.png"]
+    run_snakemake(wd, "--cores", "2", *targets, timeout=1500)
+    # the report holds the before/after figures and both training curves
+    run_snakemake(wd, "--report", str(wd / "report.html"), *targets)
+    html = (wd / "report.html").read_text()
+    for name in ("Restoration", "restoration.png", "n2v_2d_training.png", "stardist_2d_training.png"):
+        assert name in html, name
     model = wd / "results" / "models" / "n2v_2d"
     meta = json.loads((model / "snakescope.json").read_text())
     assert meta["kind"] == "n2v" and meta["versions"]["keras"].startswith("2.15") and "n2v" in meta["versions"]

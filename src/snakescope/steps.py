@@ -104,10 +104,7 @@ def train_restoration_arguments(p):
 
 
 def train_restoration_step(args):
-    import shutil
-
     from . import restore
-    from .atomic import atomic_path
     from .errors import InputError
 
     if not args.sources:
@@ -125,8 +122,7 @@ def train_restoration_step(args):
     else:
         targets = [src["target"] for src in args.sources]
         restore.train_care(images, targets, args.out, ndim=args.ndim, threads=args.threads, **settings)
-    with atomic_path(args.curve) as tmp:
-        shutil.copyfile(Path(args.out) / "training.png", tmp)
+    copy_for_report(Path(args.out) / "training.png", args.curve)
 
 
 def restore_arguments(p):
@@ -219,6 +215,18 @@ def dumps(obj) -> str:
     return json.dumps(obj, sort_keys=True)
 
 
+def copy_for_report(source: Path, dest: str | None) -> None:
+    """Copy a figure of a model folder to its own report output (atomically): a report file
+    nested inside a directory output would be created before the folder is complete."""
+    import shutil
+
+    from .atomic import atomic_path
+
+    if dest:
+        with atomic_path(dest) as tmp:
+            shutil.copyfile(source, tmp)
+
+
 def _training_arguments(p, annotation: str, section: str):
     """Arguments shared by every training step: its samples, settings, split, seed, output."""
     p.add_argument("--sources", type=cli.json_arg, required=True, help=f"[{{sample, image, {annotation}, channel}}] as JSON")
@@ -226,6 +234,7 @@ def _training_arguments(p, annotation: str, section: str):
     p.add_argument("--split", required=True, help="split file: reused when it exists")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--out", required=True)
+    p.add_argument("--curve", help="where to copy the training curve PNG (for the report)")
 
 
 def train_unet_arguments(p):
@@ -260,6 +269,7 @@ def train_unet_step(args):
                     batch_size=cfg.get("batch_size", 8), epochs=cfg.get("epochs", 50),
                     steps_per_epoch=cfg.get("steps_per_epoch", 50), learning_rate=cfg.get("learning_rate", 3e-4),
                     patience=cfg.get("patience", 10), augment=cfg.get("augment", True), seed=args.seed)
+    copy_for_report(Path(args.out) / "history.png", args.curve)
 
 
 def train_stardist_step(args):
@@ -279,6 +289,7 @@ def train_stardist_step(args):
         batch_size=sd.get("batch_size", 4), learning_rate=sd.get("learning_rate", 3e-4),
         patience=sd.get("patience", 20), unet_n_depth=sd.get("unet_n_depth", 3),
         augment=sd.get("augment", True), seed=args.seed)
+    copy_for_report(Path(args.out) / "history.png", args.curve)
 
 
 def segment_arguments(p):

@@ -55,7 +55,7 @@ def summarize(samples, results: Path) -> str:
         for info_file in models:
             info = json.loads(info_file.read_text())
             lines.append(f"  {info_file.parent.name:<28} trained on {info.get('n_train')} image(s) in {info.get('train_seconds', 0):.0f} s; "
-                         f"thresholds {info.get('thresholds')}; curve: {info_file.parent / 'history.png'}")
+                         f"thresholds {info.get('thresholds')}; curve: {info_file.parent.with_name(info_file.parent.name + '_training.png')}")
         lines.append("")
     for sample in samples:
         folder = results / sample

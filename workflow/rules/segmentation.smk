@@ -7,7 +7,7 @@ rule train_segmentation:
     output:
         model=directory("results/models/{method}_{ndim}"),
         curve=report(
-            "results/models/{method}_{ndim}/history.png",
+            "results/models/{method}_{ndim}_training.png",
             caption="../report/training_curve.rst",
             category="Training",
             subcategory="{method} {ndim}",
@@ -36,7 +36,8 @@ rule train_segmentation:
         seed=config["seed"],
     shell:
         "{params.python} {params.script} --sources {params.sources:q} --settings {params.settings:q}"
-        " --split {params.split:q} --seed {params.seed} --out {output.model:q} > {log:q} 2>&1"
+        " --split {params.split:q} --seed {params.seed} --out {output.model:q}"
+        " --curve {output.curve:q} > {log:q} 2>&1"
 
 
 rule segment:
