@@ -4,7 +4,8 @@ The model-facing parts follow the StarDist example notebooks (fill label holes, 
 flips/rotations and intensity augmentation, optimize_thresholds on the validation set);
 what this module adds is reading training pairs from the workflow's NGFF images, a split
 saved once, early stopping, curves, atomic model folders, and prediction into NGFF labels
-for frames of any size through ``predict_instances_big`` with a Zarr array as output.
+for frames of any size, block by block straight into the Zarr array (``predict_blocks``:
+StarDist's block cover and object ownership with equal blocks; bench/segment_big.py).
 """
 
 from __future__ import annotations

@@ -306,11 +306,11 @@ def segment_step(args):
     cfg = args.settings
     if cfg.get("method") == "unet":
         segment.predict_unet(args.model, args.image, args.out, channel=args.channel,
-                             block_size=cfg.get("block_size", 1024))
+                             block_size=min(1024, cfg.get("block_size", 2048)))  # bounds U-Net activations
         return
     segment.predict_stardist(args.model, args.image, args.out, channel=args.channel,
                              prob_thresh=cfg.get("prob_thresh"), nms_thresh=cfg.get("nms_thresh"),
-                             block_size=cfg.get("block_size", 1024), min_overlap=cfg.get("min_overlap", 64),
+                             block_size=cfg.get("block_size", 2048), min_overlap=cfg.get("min_overlap", 64),
                              context=cfg.get("context"))
 
 
