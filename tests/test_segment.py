@@ -95,6 +95,28 @@ def test_blockwise_equals_whole_frame(model, nuclei, tmp_path):
     assert score.mean_matched_score > 0.95
 
 
+def test_scattered_parts_join_into_the_single_job_labels(model, nuclei, tmp_path):
+    """segmentation.scatter: block shares predicted by separate jobs, joined = one job's output."""
+    model_dir, _ = model
+    folder, _, _ = nuclei
+    image = folder / "normalized.ome.zarr"
+    settings = dict(block_size=192, min_overlap=48, context=32)
+    single = segment.predict_stardist(model_dir, image, tmp_path / "single.ome.zarr", **settings)
+    parts = [tmp_path / f"part{k}.zarr" for k in range(3)]
+    counts = {}
+    for k in (2, 0, 1):  # jobs finish in any order
+        counts[k] = segment.predict_stardist_part(model_dir, image, parts[k], part=k, n_parts=3,
+                                                  **settings)["objects_per_frame"]["0"]
+    assert all(n > 0 for n in counts.values()) and sum(counts.values()) == single["objects_per_frame"]["0"]
+    joined = segment.gather_stardist_parts(parts[::-1], image, tmp_path / "joined.ome.zarr")
+    assert joined["objects_per_frame"] == single["objects_per_frame"] and joined["scattered_parts"] == 3
+    np.testing.assert_array_equal(segment.read_labels_image(tmp_path / "joined.ome.zarr").data[...],
+                                  segment.read_labels_image(tmp_path / "single.ome.zarr").data[...])
+    with pytest.raises(InputError, match="not one complete set"):
+        segment.gather_stardist_parts(parts[:2], image, tmp_path / "incomplete.ome.zarr")
+    assert not (tmp_path / "incomplete.ome.zarr").exists()
+
+
 def test_prob_thresh_from_config_overrides_and_range_checked(model, nuclei, tmp_path):
     model_dir, _ = model
     folder, _, _ = nuclei

@@ -122,6 +122,23 @@ def test_same_inputs_same_outputs(project, tmp_path):
     assert (wd / "results/cells/normalization.json").read_text() == stats
 
 
+def test_scatter_plans_part_jobs_joined_by_segment(project):
+    """segmentation.scatter: one sample's prediction as n part jobs plus the joining segment job."""
+    wd, _, _ = project
+    pretrained = wd / "pretrained"
+    pretrained.mkdir()  # the dry run only needs the folder to exist
+    write_config(wd, segmentation={"model_2d": str(pretrained), "scatter": {"cells": 3}},
+                 classification={"enabled": False}, tracking={"enabled": False})
+    plan = run_snakemake(wd, "--cores", "2", "--dry-run", "--printshellcmds", "results/cells/labels.ome.zarr").stdout
+    parts = re.findall(r"segment\.py --part (\d) --n-parts 3 ", plan)
+    assert sorted(parts) == ["0", "1", "2"], plan[-3000:]
+    joined = " ".join(f"results/cells/labels_parts/part{k}.zarr" for k in range(3))
+    assert f"--parts {joined} --out results/cells/labels.ome.zarr" in plan
+    write_config(wd, segmentation={"model_2d": str(pretrained), "scatter": {"cels": 3}})
+    proc = run_snakemake(wd, "--cores", "1", "--dry-run", check=False)
+    assert proc.returncode != 0 and "segmentation.scatter': no sample 'cels'" in proc.stdout + proc.stderr
+
+
 def test_lint_and_snakefmt_clean():
     python = str(MAIN_PYTHON if MAIN_PYTHON.exists() else sys.executable)
     fmt = subprocess.run([python, "-m", "snakefmt", "--check", str(REPO / "workflow")], capture_output=True, text=True)

@@ -196,6 +196,13 @@ def load(config: dict, config_name: str = "config") -> tuple[dict, dict[str, Sam
         samples[sample.sample_id] = sample
         if not expand_image_path(sample.image) or not all(p.exists() for p in expand_image_path(sample.image)):
             warnings.append(f"{label}: image {sample.image} not found; its jobs will fail, the other samples go on")
+    scatter = config.get("segmentation", {}).get("scatter", {})
+    if isinstance(scatter, dict) and scatter:
+        unknown = sorted(set(scatter) - set(samples))
+        if unknown and not sheet_problems:
+            problems.append(f"{config_name}: key 'segmentation.scatter': no sample {', '.join(map(repr, unknown))} in {sheet}")
+        if config.get("segmentation", {}).get("method") == "unet":
+            problems.append(f"{config_name}: key 'segmentation.scatter': only StarDist predictions can be scattered (method is unet)")
     if problems:
         raise ConfigError(problems)
     return config, samples, warnings

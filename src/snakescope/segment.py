@@ -322,6 +322,16 @@ def predict_stardist(model_dir, image_path, out_path, *, channel: int = 0, prob_
     or duplicated, and the labels are written straight into the Zarr array (memory bounded
     by the block size).
     """
+    model, image, segment_frame, kwargs = _stardist_frames(model_dir, image_path, prob_thresh, nms_thresh,
+                                                           block_size, min_overlap, context)
+    return write_label_image(image_path, out_path, segment_frame, channel=channel, name=name,
+                             summary={"method": "stardist", "model": str(model_dir), "thresholds": kwargs})
+
+
+def _stardist_frames(model_dir, image_path, prob_thresh, nms_thresh, block_size, min_overlap, context, part=None):
+    """The model, the image, a ``segment_frame(frame, out)`` for ``write_label_image`` and the
+    thresholds used. With ``part=(k, n)``, only the k-th of n contiguous shares of every
+    frame's blocks is segmented (frames that fit in one block: by part 0 alone)."""
     check_thresholds(prob_thresh, nms_thresh)
     model = load_model(model_dir)
     image = ngff.read_image(image_path)
@@ -335,14 +345,93 @@ def predict_stardist(model_dir, image_path, out_path, *, channel: int = 0, prob_
     def segment_frame(frame, out):
         with _single_openmp_thread():
             if max(frame.shape[-2:]) <= block_size:
+                if part is not None and part[0] != 0:
+                    return 0
                 labels, _ = model.predict_instances(frame[...], axes=spatial, show_tile_progress=False, **kwargs)
                 out[...] = labels.astype(np.uint32)
                 return labels.max()
             return predict_blocks(model, frame, out, spatial, _block(block_size, spatial), min_overlap, context,
-                                  where=str(image_path), **kwargs)
+                                  where=str(image_path), part=part, **kwargs)
 
-    return write_label_image(image_path, out_path, segment_frame, channel=channel, name=name,
-                             summary={"method": "stardist", "model": str(model_dir), "thresholds": kwargs})
+    return model, image, segment_frame, kwargs
+
+
+def predict_stardist_part(model_dir, image_path, out_path, *, part: int, n_parts: int, channel: int = 0,
+                          prob_thresh=None, nms_thresh=None, block_size: int = 2048, min_overlap: int = 64,
+                          context: int | None = None) -> dict:
+    """One job of a scattered segmentation: the ``part``-th of ``n_parts`` contiguous shares of
+    every frame's blocks (the same blocks and ownership rule as ``predict_stardist``), into a
+    uint32 array at ``out_path`` (labels numbered from 1 in each frame; objects per frame in
+    its attributes), written atomically. ``gather_stardist_parts`` joins the parts."""
+    if not 0 <= part < n_parts:
+        raise InputError("segmentation.scatter", f"part {part} does not exist in {n_parts} parts")
+    _, image, segment_frame, kwargs = _stardist_frames(model_dir, image_path, prob_thresh, nms_thresh, block_size,
+                                                       min_overlap, context, part=(part, n_parts))
+    label_shape = tuple(n for a, n in zip(image.axes, image.shape) if a != "c")
+    label_chunks = tuple(c for a, c in zip(image.axes, image.data.chunks) if a != "c")
+    counts = {}
+    with atomic_path(out_path) as tmp:
+        group = ngff.open_group(tmp, "w")
+        labels = ngff.create_levels(group, [label_shape], label_chunks, np.uint32, "lz4")[0]
+        for t, index in frames(image.axes, image.shape, channel):
+            out = FrameView(labels, (t,) if t is not None else ())
+            counts[str(t) if t is not None else "0"] = int(segment_frame(FrameView(image.data, index), out))
+        result = {"part": part, "n_parts": n_parts, "objects_per_frame": counts, "thresholds": kwargs,
+                  "model": str(model_dir)}
+        group.attrs["snakescope"] = {"segmentation_part": result}
+    log.info("part %d of %d: %s objects per frame", part, n_parts, counts)
+    return result
+
+
+def gather_stardist_parts(part_paths, image_path, out_path, *, channel: int = 0, name: str = "segmentation") -> dict:
+    """Join the parts of a scattered segmentation into NGFF labels equal to one job's output.
+
+    Parts are applied in order, each label shifted by the objects of the earlier parts in
+    that frame, and only positive labels written (as StarDist's blocks write), so the
+    result is the single-job one: same blocks, same owner of every object, same numbering.
+    Memory: one chunk at a time.
+    """
+    parts = []
+    for path in part_paths:
+        try:
+            group = ngff.open_group(path, "r")
+            info = group.attrs["snakescope"]["segmentation_part"]
+            parts.append((info, group["0"]))
+        except Exception as exc:
+            raise InputError(path, f"is not a segmentation part written by segment_part ({type(exc).__name__}: {exc})") from None
+    parts.sort(key=lambda item: item[0]["part"])
+    found, n_parts = [info["part"] for info, _ in parts], {info["n_parts"] for info, _ in parts}
+    if len(n_parts) != 1 or found != list(range(n_parts.pop())):
+        raise InputError(", ".join(map(str, part_paths)), f"parts {found} are not one complete set")
+
+    def join_frame(frame, out):
+        key = str(out.index[0]) if out.index else "0"  # out: the labels of one time point
+        offset = 0
+        for info, array in parts:
+            source = FrameView(array, out.index)
+            for region in _chunk_regions(out.shape, array.chunks[-len(out.shape):]):
+                block = np.asarray(source[region])
+                mask = block > 0
+                if mask.any():
+                    target = np.asarray(out[region])
+                    target[mask] = block[mask] + offset
+                    out[region] = target
+            offset += int(info["objects_per_frame"][key])
+        return offset
+
+    info = parts[0][0]
+    return write_label_image(image_path, out_path, join_frame, channel=channel, name=name,
+                             summary={"method": "stardist", "model": info["model"], "thresholds": info["thresholds"],
+                                      "scattered_parts": len(parts)})
+
+
+def _chunk_regions(shape, chunks):
+    """Slices of every chunk of an array of ``shape`` (row-major order)."""
+    import itertools
+
+    ranges = [range(0, n, c) for n, c in zip(shape, chunks)]
+    for starts in itertools.product(*ranges):
+        yield tuple(slice(s, min(s + c, n)) for s, c, n in zip(starts, chunks, shape))
 
 
 def _single_openmp_thread():
@@ -389,7 +478,7 @@ def block_layout(shape, max_block, min_overlap, context, grid):
 
 
 def predict_blocks(model, frame, out, axes: str, block_size, min_overlap, context=None, where: str = "",
-                   **kwargs) -> int:
+                   part=None, **kwargs) -> int:
     """Segment a large ``frame`` block by block into ``out`` (a Zarr array view); return the object count.
 
     The blocks and the rule that keeps each object in exactly one block are StarDist's own
@@ -407,7 +496,10 @@ def predict_blocks(model, frame, out, axes: str, block_size, min_overlap, contex
     as_tuple = (lambda v: tuple(int(x) for x in v) if not np.isscalar(v) else (int(v),) * n)
     block_size, min_overlap, context = block_layout(frame.shape, as_tuple(block_size), as_tuple(min_overlap),
                                                     as_tuple(context), grid)
-    blocks = BlockND.cover(frame.shape, axes, block_size, min_overlap, context, grid)
+    blocks = list(BlockND.cover(frame.shape, axes, block_size, min_overlap, context, grid))
+    if part is not None:  # a contiguous share: joining the parts in order keeps the block order
+        k, n_parts = part
+        blocks = blocks[k * len(blocks) // n_parts:(k + 1) * len(blocks) // n_parts]
     log.info("%d blocks of %s px (min_overlap %s, context %s)", len(blocks), block_size, min_overlap, context)
     from scipy.ndimage import find_objects
 

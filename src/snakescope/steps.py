@@ -293,6 +293,9 @@ def train_stardist_step(args):
 
 
 def segment_arguments(p):
+    p.add_argument("--part", type=int, help="with --n-parts: segment this share of the blocks (0-based)")
+    p.add_argument("--n-parts", type=int, help="the number of parts the sample's segmentation is scattered into")
+    p.add_argument("--parts", nargs="*", default=[], help="join these part arrays instead of predicting")
     p.add_argument("--model", required=True)
     p.add_argument("--image", required=True)
     p.add_argument("--channel", type=int, default=0)
@@ -308,10 +311,17 @@ def segment_step(args):
         segment.predict_unet(args.model, args.image, args.out, channel=args.channel,
                              block_size=min(1024, cfg.get("block_size", 2048)))  # bounds U-Net activations
         return
-    segment.predict_stardist(args.model, args.image, args.out, channel=args.channel,
-                             prob_thresh=cfg.get("prob_thresh"), nms_thresh=cfg.get("nms_thresh"),
-                             block_size=cfg.get("block_size", 2048), min_overlap=cfg.get("min_overlap", 64),
-                             context=cfg.get("context"))
+    if args.parts:
+        segment.gather_stardist_parts(args.parts, args.image, args.out, channel=args.channel)
+        return
+    settings = dict(channel=args.channel, prob_thresh=cfg.get("prob_thresh"), nms_thresh=cfg.get("nms_thresh"),
+                    block_size=cfg.get("block_size", 2048), min_overlap=cfg.get("min_overlap", 64),
+                    context=cfg.get("context"))
+    if args.n_parts:
+        segment.predict_stardist_part(args.model, args.image, args.out, part=args.part, n_parts=args.n_parts,
+                                      **settings)
+    else:
+        segment.predict_stardist(args.model, args.image, args.out, **settings)
 
 
 def measure_arguments(p):

@@ -223,6 +223,16 @@ def segmentation_model(wildcards):
     return pretrained or f"results/models/{config['segmentation']['method']}_{ndim}"
 
 
+def scattered_parts(wildcards):
+    """The part arrays a sample's segmentation is scattered into (segmentation.scatter)."""
+    n_parts = config["segmentation"]["scatter"].get(wildcards.sample, 1)
+    if n_parts <= 1:
+        return []
+    return [
+        f"results/{wildcards.sample}/labels_parts/part{k}.zarr" for k in range(n_parts)
+    ]
+
+
 def samples_with(column):
     """Sample ids whose sheet row fills ``column`` (labels, tracks, points, target)."""
     return [s.sample_id for s in SAMPLES.values() if getattr(s, column)]

@@ -40,16 +40,18 @@ rule train_segmentation:
         " --curve {output.curve:q} > {log:q} 2>&1"
 
 
-rule segment:
+rule segment_part:
     input:
         image=analysis_image,
         model=segmentation_model,
     output:
-        directory("results/{sample}/labels.ome.zarr"),
+        temp(directory("results/{sample}/labels_parts/part{part}.zarr")),
     log:
-        "logs/segment/{sample}.log",
+        "logs/segment_part/{sample}_{part}.log",
     benchmark:
-        "benchmarks/segment/{sample}.tsv"
+        "benchmarks/segment_part/{sample}_{part}.tsv"
+    wildcard_constraints:
+        part=r"\d+",
     retries: config["resources"]["retries"]
     conda:
         "../../envs/tensorflow.yaml"
@@ -63,9 +65,44 @@ rule segment:
         script=script("segment.py"),
         channel=lambda wc: SAMPLES[wc.sample].channel,
         settings=section_json("segmentation"),
+        n_parts=lambda wc: len(scattered_parts(wc)),
+    shell:
+        "{params.python} {params.script} --part {wildcards.part} --n-parts {params.n_parts}"
+        " --model {input.model:q} --image {input.image:q} --channel {params.channel}"
+        " --settings {params.settings:q} --out {output:q} > {log:q} 2>&1"
+
+
+rule segment:
+    input:
+        image=analysis_image,
+        model=segmentation_model,
+        parts=scattered_parts,
+    output:
+        directory("results/{sample}/labels.ome.zarr"),
+    log:
+        "logs/segment/{sample}.log",
+    benchmark:
+        "benchmarks/segment/{sample}.tsv"
+    retries: config["resources"]["retries"]
+    conda:
+        "../../envs/tensorflow.yaml"
+    threads: config["resources"]["threads"]
+    resources:
+        mem_mb=mem_mb(2),
+        runtime=runtime(2),
+        gpu=lambda wc: 0 if scattered_parts(wc) else 1,
+    params:
+        python=python_for("main"),
+        script=script("segment.py"),
+        channel=lambda wc: SAMPLES[wc.sample].channel,
+        settings=section_json("segmentation"),
+        parts=lambda wc, input: (
+            " ".join(["--parts", *input.parts]) if input.parts else ""
+        ),
     shell:
         "{params.python} {params.script} --model {input.model:q} --image {input.image:q}"
-        " --channel {params.channel} --settings {params.settings:q} --out {output:q} > {log:q} 2>&1"
+        " --channel {params.channel} --settings {params.settings:q} {params.parts}"
+        " --out {output:q} > {log:q} 2>&1"
 
 
 rule measure:
