@@ -19,6 +19,25 @@ def _middle_plane(array, index, spatial_ndim: int) -> np.ndarray:
     return np.asarray(array[index])
 
 
+def _show_gray(ax, plane, **kwargs) -> None:
+    """A plane in grey with 1-99.8 percentile contrast."""
+    lo, hi = np.percentile(plane, [1, 99.8])
+    ax.imshow(plane, cmap="gray", vmin=lo, vmax=hi if hi > lo else lo + 1, **kwargs)
+
+
+def _save(fig, out_png, title: str = "") -> None:
+    """Lay out, write the PNG atomically (for the report) and close the figure."""
+    import matplotlib.pyplot as plt
+
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    Path(out_png).parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out_png) as tmp:
+        fig.savefig(tmp, dpi=90, format="png")
+    plt.close(fig)
+
+
 def segmentation_overlay(image_path, labels_path, out_png, *, channel: int = 0, title: str = "") -> None:
     """First, middle and last time point: the image (1-99.8 percentile contrast) with outlines."""
     import matplotlib
@@ -39,21 +58,14 @@ def segmentation_overlay(image_path, labels_path, out_png, *, channel: int = 0, 
         t, index = all_frames[i]
         plane = _middle_plane(image.data, index, spatial_ndim).astype(np.float32)
         lab = _middle_plane(labels.data, (t,) if t is not None else (), spatial_ndim)
-        lo, hi = np.percentile(plane, [1, 99.8])
-        ax.imshow(plane, cmap="gray", vmin=lo, vmax=hi if hi > lo else lo + 1)
+        _show_gray(ax, plane)
         edges = np.ma.masked_where(~find_boundaries(lab, mode="inner"), np.ones(lab.shape))
         ax.imshow(edges, cmap="autumn", alpha=0.9, interpolation="nearest")
         n = len(np.unique(lab)) - (1 if 0 in lab else 0)
         where = f"t={t}" if t is not None else "image"
         ax.set_title(f"{where}{', middle z' if spatial_ndim == 3 else ''}: {n} objects", fontsize=9)
         ax.axis("off")
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    Path(out_png).parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out_png) as tmp:
-        fig.savefig(tmp, dpi=90, format="png")
-    plt.close(fig)
+    _save(fig, out_png, title)
 
 
 def track_plot(tracks, out_png, *, title: str = "", summary: dict | None = None) -> None:
@@ -85,11 +97,7 @@ def track_plot(tracks, out_png, *, title: str = "", summary: dict | None = None)
     elif title:
         ax.set_title(title)
     ax.legend(fontsize=8, loc="lower right")
-    fig.tight_layout()
-    Path(out_png).parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out_png) as tmp:
-        fig.savefig(tmp, dpi=90, format="png")
-    plt.close(fig)
+    _save(fig, out_png)
 
 
 def restoration_before_after(image_path, restored_path, out_png, *, target_path=None, channel: int = 0,
@@ -118,17 +126,10 @@ def restoration_before_after(image_path, restored_path, out_png, *, target_path=
         h, w = plane.shape
         cy, cx = max(0, h // 2 - crop // 2), max(0, w // 2 - crop // 2)
         for row, view in enumerate((plane, plane[cy:cy + crop, cx:cx + crop])[:n_rows]):
-            lo, hi = np.percentile(view, [1, 99.8])
             ax = axes[row][col]
-            ax.imshow(view, cmap="gray", vmin=lo, vmax=hi if hi > lo else lo + 1, interpolation="nearest")
+            _show_gray(ax, view, interpolation="nearest")
             where = f"t={t}" if t is not None else "image"
             ax.set_title(f"{name} ({where}{', middle z' if spatial_ndim == 3 else ''})" if row == 0 else f"{name}, centre crop",
                          fontsize=9)
             ax.axis("off")
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    Path(out_png).parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out_png) as tmp:
-        fig.savefig(tmp, dpi=90, format="png")
-    plt.close(fig)
+    _save(fig, out_png, title)

@@ -57,24 +57,21 @@ def section_json(name):
     return json.dumps(config[name], sort_keys=True)
 
 
-def image_files(wildcards):
-    """The sample's TIFF files that exist: a missing one fails that sample's job, not the DAG."""
+def existing_files(pattern):
+    """The files of a TIFF path or glob that exist: a missing one fails that sample's job,
+    not the DAG."""
     from snakescope.tiff import expand_image_path
 
-    return [
-        str(p) for p in expand_image_path(SAMPLES[wildcards.sample].image) if p.exists()
-    ]
+    return [str(p) for p in expand_image_path(pattern) if p.exists()]
+
+
+def image_files(wildcards):
+    return existing_files(SAMPLES[wildcards.sample].image)
 
 
 def target_files(wildcards):
-    """The clean target's TIFF files that exist (a missing one fails that sample's job)."""
-    from snakescope.tiff import expand_image_path
-
-    return [
-        str(p)
-        for p in expand_image_path(SAMPLES[wildcards.sample].target)
-        if p.exists()
-    ]
+    """The clean target's files (for prepare_target)."""
+    return existing_files(SAMPLES[wildcards.sample].target)
 
 
 def target_image(wildcards):

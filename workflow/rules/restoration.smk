@@ -1,6 +1,6 @@
 rule prepare_target:
     input:
-        target=lambda wc: target_files(wc),
+        target=target_files,
         image="results/{sample}/image.ome.zarr",
     output:
         image=directory("results/{sample}/target.ome.zarr"),
@@ -111,7 +111,7 @@ rule qc_restoration:
     input:
         image="results/{sample}/normalized.ome.zarr",
         restored="results/{sample}/restored.ome.zarr",
-        target=lambda wc: target_image(wc),
+        target=target_image,
     output:
         report(
             "results/{sample}/qc/restoration.png",
