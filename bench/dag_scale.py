@@ -11,16 +11,18 @@ Prints one JSON object as its last line:
   its CPU time, and ``load_average_1min`` after it, since on a shared machine the wall time
   depends on what else runs.
 * ``planned_submissions``: SLURM jobs the run would submit: one per group job plus one per
-  job outside any group (the target rule ``all`` runs in the driver and is not counted).
+  job outside any group (the target rule ``all`` and the local rule ``workflow_config`` run
+  in the driver and are not counted).
 * ``planned_submissions_per_image_rules``: of those, the ones that run the per-image rules
   (target <= 1 per 100 images with the profile's ``group-components``).
 * ``dag_jobs``: the jobs in the DAG by rule; ``slurm_commands_called``: SLURM commands the
   dry run executed (fake ``sbatch``, ``sinfo``, ... first on PATH record every call).
 
-The DAG: the demo config with ``segmentation.method: none``, so per image: ingest, normalize
-and provenance (the per-image rules, group ``per_image``), plus one summary. Training and
-prediction are left out: with a pretrained model the prediction jobs would be batched the
-same way (group ``per_image_analysis``), and training is one job per dimensionality.
+The DAG: the demo config with ``segmentation.method: none``, so per image: ingest (TIFF ->
+OME-Zarr -> normalized OME-Zarr) and provenance, the per-image rules, each batched in its own
+group (``batch_ingest``, ``batch_provenance``), plus the resolved config and one summary.
+Training and prediction are left out: with a pretrained model the prediction jobs would be
+batched the same way (``batch_segment``, ...), and training is one job per dimensionality.
 No SLURM is needed. Temporary files are removed at the end.
 """
 
@@ -45,7 +47,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 N_IMAGES = 10_000
-PER_IMAGE_RULES = ("ingest", "normalize", "provenance")
+PER_IMAGE_RULES = ("ingest", "provenance")
 SLURM_COMMANDS = ("sbatch", "srun", "sinfo", "squeue", "sacct", "scontrol", "scancel", "sacctmgr", "sshare")
 HEADER = "sample_id\timage\taxes\tvoxel_size\ttime_interval\tchannel\tlabels\ttracks\tpoints\ttarget\n"
 
@@ -81,7 +83,7 @@ def count_plan(text: str) -> tuple[Counter, Counter, Counter]:
     """From a dry run's output: group jobs by group, top-level jobs by rule, DAG jobs by rule.
 
     Jobs inside a group job are printed indented under "Group job NAME"; jobs submitted on
-    their own start at column 0 with "rule NAME:" ("localrule NAME:" runs in the driver).
+    their own start at column 0 with "rule NAME:" (so do local rules, which the caller drops).
     """
     groups = Counter(re.findall(r"^\[[^\]]*\] Group job (\S+) ", text, flags=re.M))
     single = Counter(re.findall(r"^rule (\w+):$", text, flags=re.M))
@@ -120,7 +122,8 @@ def main() -> None:
             sys.stderr.write(text[-5000:])
             raise SystemExit(f"dry run failed ({proc.returncode})")
         groups, single, stats = count_plan(text)
-        single.pop("all", None)  # the target rule: no shell, never submitted
+        for local in ("all", "workflow_config"):  # run in the driver, never submitted
+            single.pop(local, None)
         group_of = yaml.safe_load((ROOT / "profiles" / "slurm" / "config.yaml").read_text()).get("groups", {})
         per_image_groups = {group_of[r] for r in PER_IMAGE_RULES if r in group_of}
         per_image = sum(groups[g] for g in per_image_groups) + sum(single[r] for r in PER_IMAGE_RULES)

@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Rule entry point: instance matching at IoU 0.5-0.9 against ground-truth labels -> results/{sample}/segmentation_metrics.csv."""
+"""Rule entry point: instance matching at IoU 0.5-0.9 against ground-truth labels -> results/{sample}/segmentation_metrics.csv
+(U-Net: also its pixel classes -> class_confusion.csv, class_metrics.csv, qc/class_confusion.png)."""
 
 import sys
 from pathlib import Path

@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Rule entry point: per-sample metrics and their sum over samples -> results/metrics/*.csv."""
+"""Rule entry point: per-sample metrics and their sum over samples -> results/metrics/*.csv (U-Net: summed pixel-class
+confusion -> results/metrics/class_confusion.csv/.png, class_metrics.csv)."""
 
 import sys
 from pathlib import Path

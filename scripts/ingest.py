@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Rule entry point: one sample's TIFF data -> results/{sample}/image.ome.zarr (OME-NGFF, exact values)."""
+"""Rule entry point: one sample's TIFF data -> results/{sample}/image.ome.zarr (OME-NGFF, exact values)
+-> normalized.ome.zarr + normalization.json (percentile or z-score)."""
 
 import sys
 from pathlib import Path

@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Rule entry point: StarDist instance segmentation of every frame -> results/{sample}/labels.ome.zarr (NGFF labels)."""
+"""Rule entry point: StarDist or U-Net instance segmentation of every frame -> results/{sample}/labels.ome.zarr (NGFF labels;
+the U-Net adds its pixel-class map as the labels image `classes`)."""
 
 import sys
 from pathlib import Path

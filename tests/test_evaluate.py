@@ -9,9 +9,9 @@ from stardist import data as stardist_data
 from stardist.matching import matching, matching_dataset
 
 from snakescope.errors import InputError
-from snakescope.evaluate import (DEFAULT_THRESHOLDS, foreground_overlap, instance_metrics, iou_thresholds,
-                                 semantic_metrics, summarize, timelapse_metrics, write_confusion,
-                                 write_instance_metrics)
+from snakescope.evaluate import (DEFAULT_THRESHOLDS, class_metrics_table, foreground_overlap, instance_metrics,
+                                 iou_thresholds, read_confusion, semantic_metrics, summarize, timelapse_metrics,
+                                 write_class_scores, write_confusion, write_instance_metrics)
 
 STARDIST_FIELDS = ("tp", "fp", "fn", "n_true", "n_pred", "precision", "recall", "accuracy", "f1",
                    "panoptic_quality", "mean_true_score", "mean_matched_score")
@@ -174,6 +174,80 @@ def test_absent_class_gives_nan_iou():
     gt[1, 1] = 2
     res = semantic_metrics(gt, gt)
     assert np.isnan(res["iou"]["contour"]) and res["iou"]["body"] == 1.0 and res["mean_iou"] == 1.0
+
+
+CLASSES = ("background", "contour", "body")
+
+
+def test_per_class_scores_from_counts():
+    """Per-class IoU, Dice, precision, recall from the definitions, on a hand-made class map."""
+    truth = np.array([[0, 0, 0, 0, 1, 1, 2, 2, 2, 2]], np.uint8)
+    pred = np.array([[0, 0, 0, 1, 1, 2, 2, 2, 2, 0]], np.uint8)
+    # pixel by pixel: (0,0) x3, (0,1), (1,1), (1,2), (2,2) x3, (2,0)
+    cm = semantic_metrics(truth, pred, CLASSES)["confusion_matrix"]
+    assert cm.tolist() == [[3, 1, 0], [0, 1, 1], [1, 0, 3]]
+    table = class_metrics_table(cm, CLASSES).set_index("class")
+    # background: tp 3, fp 1 (the body pixel called background), fn 1 (the one called contour)
+    assert table.loc["background", ["support", "predicted", "tp", "fp", "fn"]].tolist() == [4, 4, 3, 1, 1]
+    assert table.loc["background", "iou"] == pytest.approx(3 / 5)
+    assert table.loc["background", "dice"] == pytest.approx(6 / 8)
+    # contour: tp 1, fp 1, fn 1
+    assert table.loc["contour", ["iou", "dice", "precision", "recall"]].tolist() == pytest.approx([1 / 3, 1 / 2, 1 / 2, 1 / 2])
+    # body: tp 3, fp 1 (the contour pixel called body), fn 1
+    assert table.loc["body", ["iou", "precision", "recall"]].tolist() == pytest.approx([3 / 5, 3 / 4, 3 / 4])
+    # mean: ratios averaged over classes (mean IoU), counts added (tp / support = pixel accuracy 7/10)
+    assert table.loc["mean", "iou"] == pytest.approx((3 / 5 + 1 / 3 + 3 / 5) / 3)
+    assert table.loc["mean", ["support", "tp"]].tolist() == [10, 7]
+    # a class absent from truth and prediction: undefined (NaN), left out of the mean
+    absent = class_metrics_table([[2, 0, 0], [0, 0, 0], [0, 0, 1]], CLASSES).set_index("class")
+    assert absent.loc["contour", ["iou", "dice", "precision", "recall"]].isna().all()
+    assert absent.loc["mean", "iou"] == 1.0
+
+
+def test_class_confusions_are_summed_as_counts(tmp_path):
+    """Summed: the matrices added, IoU from the sum (not the mean of the samples' IoUs)."""
+    # sample a: 4 body pixels, 3 found (one called background) -> body tp 3, fp 0, fn 1: IoU 3/4
+    a_truth = np.array([0, 0, 0, 0, 2, 2, 2, 2], np.uint8)
+    a_pred = np.array([0, 0, 0, 0, 2, 2, 2, 0], np.uint8)
+    # sample b: 1 body pixel missed, a background pixel called body -> body tp 0, fp 1, fn 1: IoU 0
+    b_truth = np.array([0, 0, 2], np.uint8)
+    b_pred = np.array([2, 0, 0], np.uint8)
+    per_sample = {"a": semantic_metrics(a_truth, a_pred, CLASSES)["confusion_matrix"],
+                  "b": semantic_metrics(b_truth, b_pred, CLASSES)["confusion_matrix"]}
+    table = write_class_scores(per_sample, CLASSES, tmp_path / "cm.csv", tmp_path / "scores.csv", tmp_path / "cm.png",
+                               title="two samples")
+    summed = read_confusion(tmp_path / "cm.csv", CLASSES)
+    assert summed.tolist() == [[5, 0, 1], [0, 0, 0], [2, 0, 3]]
+    assert summed.sum() == a_truth.size + b_truth.size
+    assert np.array_equal(summed, per_sample["a"] + per_sample["b"])
+    scores = pd.read_csv(tmp_path / "scores.csv")
+    pd.testing.assert_frame_equal(scores, table, rtol=1e-5)
+    body = scores[scores["class"] == "body"].set_index("sample")["iou"]
+    assert body["a"] == pytest.approx(3 / 4) and body["b"] == 0
+    # summed body: tp 3, fp 1, fn 2 -> 3/6, while the mean of the samples' IoUs is 3/8
+    assert body["ALL"] == pytest.approx(3 / 6)
+    assert (body["a"] + body["b"]) / 2 == pytest.approx(3 / 8)
+    background = scores[(scores["sample"] == "ALL") & (scores["class"] == "background")].iloc[0]
+    assert background["iou"] == pytest.approx(5 / 8)  # tp 5, fp 2 (body called background), fn 1
+    # one sample alone (the per-sample evaluation): its own rows, no total
+    single = write_class_scores({"a": per_sample["a"]}, CLASSES, tmp_path / "a.csv", tmp_path / "a_scores.csv",
+                                tmp_path / "a.png", total_name=None)
+    assert set(single["sample"]) == {"a"}
+    assert np.array_equal(read_confusion(tmp_path / "a.csv", CLASSES), per_sample["a"])
+
+
+def test_bad_confusion_files_are_named(tmp_path):
+    bad = tmp_path / "sample_3" / "class_confusion.csv"
+    bad.parent.mkdir()
+    bad.write_text("true \\ predicted,background,body\nbackground,1,2\nbody,3,4\n")
+    with pytest.raises(InputError, match="rows and columns must be the classes") as err:
+        read_confusion(bad, CLASSES)
+    assert str(bad) in str(err.value)
+    bad.write_text("true \\ predicted,background,contour,body\nbackground,1,2,0.5\ncontour,0,1,0\nbody,3,4,1\n")
+    with pytest.raises(InputError, match="non-negative integers"):
+        read_confusion(bad, CLASSES)
+    with pytest.raises(InputError, match="no samples"):
+        write_class_scores({}, CLASSES, tmp_path / "c.csv", tmp_path / "s.csv", tmp_path / "c.png")
 
 
 def test_bad_inputs_name_the_problem():

@@ -187,14 +187,15 @@ def plan(text: str) -> tuple[dict, dict]:
     """SLURM submissions a dry run plans: group jobs by group, lone jobs by rule.
 
     Jobs of a group job are printed indented under "Group job NAME"; a job submitted on its
-    own starts at column 0 ("rule NAME:"); `all` has no command and runs in the driver.
+    own starts at column 0 ("rule NAME:"); the dry run prints local rules the same way, but
+    they run in the driver: `all` (no command) and `workflow_config` (`localrule: True`).
     """
     groups: dict = {}
     for name in re.findall(r"^\[[^\]]*\] Group job (\S+) ", text, flags=re.M):
         groups[name] = groups.get(name, 0) + 1
     single: dict = {}
     for name in re.findall(r"^rule (\w+):$", text, flags=re.M):
-        if name != "all":
+        if name not in ("all", "workflow_config"):
             single[name] = single.get(name, 0) + 1
     return groups, single
 
@@ -272,19 +273,20 @@ def test_jobs_went_through_slurm_in_planned_batches(demo):
     groups, single = demo.planned
     # as many sbatch submissions as the dry run planned: one per batch plus one per lone job
     assert len(jobs) == sum(groups.values()) + sum(single.values()), (jobs, demo.planned)
-    assert groups.get("per_image") == 1 and groups.get("per_image_analysis") == 1, groups
+    # one sample: one batch per per-image rule, GPU and CPU rules in separate batches
+    assert {"batch_ingest", "batch_provenance", "batch_segment", "batch_measure"} <= set(groups), groups
+    assert all(n == 1 for n in groups.values()), groups
     assert {"train_segmentation", "summary"} <= set(single), single
+    assert not {"ingest", "provenance", "segment", "measure"} & set(single), single
     logs = demo.slurm / ".snakemake" / "slurm_logs"
     for _, slurm_id, log in jobs:
         assert log.is_file() and log.is_relative_to(logs), log
         assert log.name == f"{slurm_id}.log"
-    # the three per-image rules of the sample ran inside one SLURM job
-    batch_logs = [log for _, _, log in jobs if log.parent.name.startswith("group_per_image_")
-                  and "analysis" not in log.parent.name]
-    assert len(batch_logs) == 1
-    batch = batch_logs[0].read_text()
-    for rule in ("ingest", "normalize", "provenance"):
-        assert f"rule {rule}:" in batch, rule
+    # each batch job ran its rule (the log folder is named after the group)
+    batch_logs = {log.parent.name: log for _, _, log in jobs if log.parent.name.startswith("group_batch_")}
+    for rule in ("ingest", "provenance", "segment", "measure"):
+        found = [log for name, log in batch_logs.items() if name.startswith(f"group_batch_{rule}")]
+        assert len(found) == 1 and f"rule {rule}:" in found[0].read_text(), (rule, sorted(batch_logs))
     assert (demo.slurm / "results" / "summary.md").is_file()
 
 
@@ -409,7 +411,7 @@ def test_job_killed_for_memory_is_retried_with_more_and_completes(demo, tmp_path
     proc = run_snakemake(wd, *cluster_args(), "results/cells/labels.ome.zarr", timeout=900)
     output = proc.stdout + proc.stderr
     jobs = submissions(output)
-    assert jobs and all("per_image_analysis" in str(log) for _, _, log in jobs), jobs  # only the prediction
+    assert jobs and all("group_batch_segment" in str(log) for _, _, log in jobs), jobs  # only the prediction
     assert len(jobs) >= 2, "the first attempt was not killed"
     first_log = jobs[0][2].read_text()
     assert "exceeded memory limit" in first_log, first_log[-3000:]
@@ -442,20 +444,23 @@ def _dry_run_project(wd: Path, n_samples: int) -> None:
 
 @pytest.mark.parametrize("batch", [2, 100])
 def test_grouping_plans_one_submission_per_batch_of_images(tmp_path, batch):
-    """5 images with `--group-components per_image=N per_image_analysis=N`: the dry run with
-    the profile plans ceil(5/N) SLURM jobs per group and none of the per-image rules alone."""
+    """5 images with every group's batch size set to N on the command line: the dry run with
+    the profile plans ceil(5/N) SLURM jobs per per-image rule and none of them alone."""
     n_images = 5
     wd = tmp_path / "wd"
     _dry_run_project(wd, n_images)
+    batch_groups = yaml.safe_load((PROFILE / "config.yaml").read_text())["group-components"]
     proc = run_snakemake(wd, "--profile", str(PROFILE), "--dry-run",
-                         "--group-components", f"per_image={batch}", f"per_image_analysis={batch}", timeout=300)
+                         "--group-components", *(f"{g}={batch}" for g in batch_groups), timeout=300)
     text = proc.stdout + proc.stderr
     groups, single = plan(text)
     expected = math.ceil(n_images / batch)
-    assert groups == {"per_image": expected, "per_image_analysis": expected}, groups
+    assert {"batch_ingest", "batch_provenance", "batch_segment", "batch_measure", "batch_classify",
+            "batch_qc_segmentation"} <= set(groups), groups
+    assert set(groups.values()) == {expected}, groups
     assert set(single) == {"summary"}, single  # nothing per image is submitted alone
     counts = dict(re.findall(r"^(\w+)\s+(\d+)$", text.split("Job stats:")[1], flags=re.M))
-    for rule in ("ingest", "normalize", "provenance", "segment", "measure", "classify", "qc_segmentation"):
+    for rule in ("ingest", "provenance", "segment", "measure", "classify", "qc_segmentation"):
         assert counts.get(rule) == str(n_images), (rule, counts)
 
 

@@ -13,10 +13,10 @@ from stardist import data as stardist_data
 
 from snakescope.errors import InputError
 from snakescope.evaluate import instance_metrics
-from snakescope.unet import (UNet, architecture_for, build_keras_model, labels_to_classes, load_unet,
-                             normalize_percentile, patch_batches, predict_instances, predict_probabilities,
-                             probabilities_to_instances, read_pairs, receptive_field_radius, resolve_split,
-                             train_unet)
+from snakescope.unet import (CLASS_NAMES, UNet, architecture_for, build_keras_model, class_confusion,
+                             labels_to_classes, load_unet, normalize_percentile, patch_batches, predict_instances,
+                             predict_probabilities, probabilities_to_classes, probabilities_to_instances, read_pairs,
+                             receptive_field_radius, resolve_split, train_unet)
 
 # Keras 3.15 converts its own variables with np.array(copy=False) semantics numpy 2 warns about
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword")
@@ -218,6 +218,105 @@ def test_3d_training_and_timelapse_prediction(tmp_path):
     stack = np.stack([pairs["t0"][0], pairs["t1"][0]])  # T, Z, Y, X
     labels = predict_instances(model, stack, block_shape=(8, 32, 32))
     assert labels.shape == stack.shape and labels.dtype == np.int32
+
+
+# ---------------------------------------------------------------------------------------
+# Class map
+
+
+def random_unet(seed=0):
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    arch = architecture_for(2, {"n_depth": 1, "n_filter_base": 4})
+    return UNet({"architecture": arch}, build_keras_model(arch))
+
+
+def test_class_map_is_the_argmax_of_the_same_probabilities():
+    import zarr
+
+    model = random_unet()
+    image = np.random.default_rng(2).random((2, 50, 60)).astype(np.float32)
+    prob = predict_probabilities(model, image[0], block_shape=(32, 32))
+    classes = probabilities_to_classes(prob, band_pixels=100)  # bands of one row
+    assert classes.dtype == np.uint8 and np.array_equal(classes, prob.argmax(-1))
+    tie = probabilities_to_classes(np.full((2, 3, 3), 1 / 3, np.float32))
+    assert not tie.any()  # a tie goes to the lower class (background)
+    # predict_instances fills a class map from the probabilities it segments, per time point too
+    out = np.full((50, 60), 9, np.uint8)
+    labels = predict_instances(model, image[0], block_shape=(32, 32), classes_out=out)
+    assert np.array_equal(out, classes)
+    assert np.array_equal(labels, predict_instances(model, image[0], block_shape=(32, 32)))
+    stack_out = zarr.zeros((2, 50, 60), dtype="u1", chunks=(1, 16, 16))
+    predict_instances(model, image, block_shape=(32, 32), classes_out=stack_out)
+    for t in range(2):
+        expected = predict_probabilities(model, image[t], block_shape=(32, 32)).argmax(-1)
+        assert np.array_equal(stack_out[t], expected)
+    with pytest.raises(InputError, match="class map shape"):
+        predict_instances(model, image[0], classes_out=np.zeros((50, 61), np.uint8))
+
+
+def test_class_confusion_against_the_training_targets():
+    labels = np.zeros((20, 34), np.uint16)
+    labels[4:14, 4:14] = 5
+    labels[4:14, 14:24] = 9
+    truth = labels_to_classes(labels)
+    counts = np.bincount(truth.ravel(), minlength=3)
+    # a perfect class map: every pixel on the diagonal
+    assert np.array_equal(class_confusion(labels, truth), np.diag(counts))
+    # every contour pixel called body: the contour row moves to the body column
+    pred = np.where(truth == 1, 2, truth).astype(np.uint8)
+    cm = class_confusion(labels, pred)
+    assert cm[1].tolist() == [0, 0, counts[1]] and cm[2, 2] == counts[2] and cm.sum() == labels.size
+    # time-lapse: frame by frame (contours never span time points), added up; lazy maps too
+    stack = np.stack([labels, np.zeros_like(labels)])
+    maps = np.stack([truth, np.zeros_like(truth)])
+    total = class_confusion(stack, maps, time_axis=0)
+    assert np.array_equal(total, np.diag(counts) + np.diag([labels.size, 0, 0]))
+    assert total[1:].sum() == np.count_nonzero(stack)
+    assert list(CLASS_NAMES) == ["background", "contour", "body"]
+    with pytest.raises(InputError, match="differs from ground-truth shape") as err:
+        class_confusion(stack, maps[:, :, :30], time_axis=0, where="truth.tif", pred_where="s/labels.ome.zarr")
+    assert "s/labels.ome.zarr" in str(err.value)
+    with pytest.raises(InputError, match="dtype float") as err:
+        class_confusion(labels.astype(np.float32), truth, where="sample_x/labels.tif")
+    assert "sample_x/labels.tif" in str(err.value)
+    with pytest.raises(InputError, match="outside 0..2"):
+        class_confusion(labels, np.full(labels.shape, 3, np.uint8))
+
+
+def test_predict_unet_keeps_the_class_map_next_to_the_labels(trained, nuclei_pairs, tmp_path):
+    """segment's U-Net output: instances as before plus the class map, per time point; StarDist's unchanged."""
+    from snakescope import segment
+    from snakescope.ingest import ingest
+
+    out, _ = trained
+    frames = np.stack([nuclei_pairs["q11"][0], nuclei_pairs["q01"][0]])  # T, Y, X (normalized)
+    tifffile.imwrite(tmp_path / "image.tif", frames)
+    ingest(tmp_path / "image.tif", "TYX", tmp_path / "image.ome.zarr", name="n", voxel_size={"y": 0.5, "x": 0.5},
+           chunks={"y": 128, "x": 128})
+    segment.predict_unet(out, tmp_path / "image.ome.zarr", tmp_path / "labels.ome.zarr", block_size=192)
+    labels = segment.read_labels_image(tmp_path / "labels.ome.zarr")
+    classes = segment.read_class_map(tmp_path / "labels.ome.zarr")
+    assert labels.data.dtype == np.uint32 and classes.data.dtype == np.uint8
+    assert classes.axes == labels.axes == "tyx" and classes.shape == labels.shape == frames.shape
+    assert classes.data.chunks == labels.data.chunks == (1, 128, 128)
+    assert classes.attrs["image-label"]["properties"][2] == {"label-value": 2, "class": "body"}
+    model = load_unet(out)
+    for t in range(2):
+        prob = predict_probabilities(model, frames[t], block_shape=(192, 192))
+        assert np.array_equal(classes.data[t], prob.argmax(-1))
+        assert np.array_equal(labels.data[t], probabilities_to_instances(prob, **model.postprocessing))
+        assert {1, 2} <= set(np.unique(classes.data[t]))  # a trained net finds contours and bodies
+    # without class names (StarDist): one labels image, and asking for a class map names the folder
+    segment.write_label_image(tmp_path / "image.ome.zarr", tmp_path / "plain.ome.zarr", lambda frame, out: 0)
+    from snakescope import ngff
+
+    assert ngff.open_group(tmp_path / "plain.ome.zarr").attrs["labels"] == ["segmentation"]
+    assert not (tmp_path / "plain.ome.zarr" / "labels" / "classes").exists()
+    with pytest.raises(InputError, match="no U-Net class map") as err:
+        segment.read_class_map(tmp_path / "plain.ome.zarr")
+    assert "plain.ome.zarr" in str(err.value)
 
 
 # ---------------------------------------------------------------------------------------

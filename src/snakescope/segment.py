@@ -277,38 +277,66 @@ def check_thresholds(prob_thresh, nms_thresh) -> None:
             raise InputError(f"segmentation.{name}", f"{value} is out of range: thresholds lie strictly between 0 and 1")
 
 
+#: The labels image of a labels.ome.zarr that holds the U-Net's pixel classes.
+CLASS_MAP = "classes"
+#: NGFF label colours of the class map (background transparent).
+CLASS_COLORS = ([0, 0, 0, 0], [255, 200, 0, 255], [0, 120, 255, 255])
+
+
 def write_label_image(image_path, out_path, segment_frame, *, channel: int = 0, name: str = "segmentation",
-                      summary: dict | None = None) -> dict:
+                      summary: dict | None = None, class_names=None) -> dict:
     """Segment every frame of an NGFF image with ``segment_frame`` into an NGFF labels group.
 
     ``segment_frame(frame, out)`` gets a lazy view of one frame (channel chosen) and a view of
     the output Zarr array to fill, and returns the number of objects. The result is
     ``out_path/labels/<name>``: uint32 labels with a nearest-neighbour pyramid, the image's
     axes without c and its scale (NGFF ``image-label``), written atomically.
+
+    With ``class_names``, a second labels image ``out_path/labels/classes`` (:data:`CLASS_MAP`:
+    uint8 class ids, same axes, chunks and pyramid; the names are its NGFF label properties)
+    is written in the same folder, and ``segment_frame(frame, out, classes_out)`` gets a view
+    of it to fill too. The instance labels stay first in the root's ``labels`` list.
     """
     image = ngff.read_image(image_path)
     label_axes = image.axes.replace("c", "")
     label_shape = tuple(s for a, s in zip(image.axes, image.shape) if a != "c")
     label_chunks = tuple(c for a, c in zip(image.axes, image.data.chunks) if a != "c")
+    scale = [s for a, s in zip(image.axes, image.scale) if a != "c"]
     counts = {}
     with atomic_path(out_path) as tmp:
         root = ngff.open_group(tmp, "w")
-        root.attrs["labels"] = [name]
-        group = root.create_group("labels").create_group(name)
+        root.attrs["labels"] = [name, CLASS_MAP] if class_names else [name]
+        labels_group = root.create_group("labels")
+        group = labels_group.create_group(name)
         shapes = ngff.pyramid_shapes(label_axes, label_shape, "auto")
         levels = ngff.create_levels(group, shapes, label_chunks, np.uint32, "lz4")
+        class_levels = []
+        if class_names:
+            class_group = labels_group.create_group(CLASS_MAP)
+            class_levels = ngff.create_levels(class_group, shapes, label_chunks, np.uint8, "lz4")
         for t, index in frames(image.axes, image.shape, channel):
-            out = FrameView(levels[0], (t,) if t is not None else ())
-            n = segment_frame(FrameView(image.data, index), out)
+            leading = (t,) if t is not None else ()
+            out = FrameView(levels[0], leading)
+            extra = [FrameView(class_levels[0], leading)] if class_levels else []
+            n = segment_frame(FrameView(image.data, index), out, *extra)
             counts[str(t) if t is not None else "0"] = int(n)
             log.info("frame %s: %d objects", t, n)
         ngff.write_pyramid(group, label_axes, shapes, label_chunks, np.uint32, "lz4", 2, "nearest")
-        scale = [s for a, s in zip(image.axes, image.scale) if a != "c"]
-        group.attrs["multiscales"] = [ngff.multiscales_metadata(label_axes, scale, len(shapes), name, method="nearest")]
-        group.attrs["image-label"] = {"version": ngff.NGFF_VERSION, "source": {"image": "../../"}}
+        _label_metadata(group, label_axes, scale, len(shapes), name)
+        if class_levels:
+            ngff.write_pyramid(class_group, label_axes, shapes, label_chunks, np.uint8, "lz4", 2, "nearest")
+            _label_metadata(class_group, label_axes, scale, len(shapes), CLASS_MAP,
+                            colors=[{"label-value": i, "rgba": c} for i, c in enumerate(CLASS_COLORS[:len(class_names)])],
+                            properties=[{"label-value": i, "class": str(n)} for i, n in enumerate(class_names)])
         result = {**(summary or {}), "objects_per_frame": counts}
         root.attrs["snakescope"] = {"segmentation": result}
     return result
+
+
+def _label_metadata(group, axes: str, scale, n_levels: int, name: str, **image_label) -> None:
+    """NGFF multiscales and ``image-label`` attributes of one labels image."""
+    group.attrs["multiscales"] = [ngff.multiscales_metadata(axes, scale, n_levels, name, method="nearest")]
+    group.attrs["image-label"] = {"version": ngff.NGFF_VERSION, "source": {"image": "../../"}, **image_label}
 
 
 def predict_stardist(model_dir, image_path, out_path, *, channel: int = 0, prob_thresh=None, nms_thresh=None,
@@ -529,7 +557,13 @@ def predict_blocks(model, frame, out, axes: str, block_size, min_overlap, contex
 
 def predict_unet(model_dir, image_path, out_path, *, channel: int = 0, block_size: int = 1024,
                  name: str = "segmentation") -> dict:
-    """Three-class U-Net + seeded watershed instances for every frame, into NGFF labels."""
+    """Three-class U-Net + seeded watershed instances for every frame, into NGFF labels.
+
+    The network's class map (the most probable class per pixel, uint8: 0 background,
+    1 contour, 2 body) goes with them, as the labels image ``classes`` of the same folder
+    (:func:`read_class_map`), from the same probabilities (one frame at a time, computed
+    block by block).
+    """
     from . import unet
 
     try:
@@ -541,13 +575,15 @@ def predict_unet(model_dir, image_path, out_path, *, channel: int = 0, block_siz
         raise InputError(image_path, f"a {model.ndim}D model cannot segment frames with axes {image.axes}")
     block = tuple(min(block_size, 64) if a == "z" else block_size for a in spatial_axes(image.axes))
 
-    def segment_frame(frame, out):
-        labels = model.predict_instances(frame, block_shape=block, where=str(image_path))
+    def segment_frame(frame, out, classes_out):
+        labels = model.predict_instances(frame, block_shape=block, where=str(image_path), classes_out=classes_out)
         out[...] = labels.astype(np.uint32)
         return labels.max()
 
     return write_label_image(image_path, out_path, segment_frame, channel=channel, name=name,
-                             summary={"method": "unet", "model": str(model_dir), "postprocessing": model.postprocessing})
+                             class_names=unet.CLASS_NAMES,
+                             summary={"method": "unet", "model": str(model_dir), "postprocessing": model.postprocessing,
+                                      "class_map": CLASS_MAP, "classes": list(unet.CLASS_NAMES)})
 
 
 def _block(block_size: int, spatial: str):
@@ -561,3 +597,12 @@ def read_labels_image(path: str | Path) -> ngff.NgffImage:
     root = ngff.open_group(path, "r")
     name = root.attrs["labels"][0]
     return ngff.read_image(Path(path) / "labels" / name)
+
+
+def read_class_map(path: str | Path) -> ngff.NgffImage:
+    """The U-Net's class map (uint8: 0 background, 1 contour, 2 body) inside a labels.ome.zarr."""
+    root = ngff.open_group(path, "r")
+    if CLASS_MAP not in list(root.attrs.get("labels", []))[1:]:
+        raise InputError(path, "holds no U-Net class map (segmented by another method, or before class maps were "
+                               "kept): delete it to segment again with segmentation.method unet")
+    return ngff.read_image(Path(path) / "labels" / CLASS_MAP)

@@ -11,29 +11,29 @@ from .atomic import write_json
 
 def ingest_arguments(p):
     p.add_argument("--sample", type=cli.json_arg, required=True, help="the sample's row as JSON")
-    p.add_argument("--settings", type=cli.json_arg, default={}, help="the config's ingest section as JSON")
-    p.add_argument("--out", required=True)
+    p.add_argument("--ingest-settings", type=cli.json_arg, default={}, help="the config's ingest section as JSON")
+    p.add_argument("--settings", type=cli.json_arg, default={}, help="the config's normalize section as JSON")
+    p.add_argument("--image", required=True, help="the OME-Zarr to write the exact pixel values to")
+    p.add_argument("--out", required=True, help="the normalized OME-Zarr")
+    p.add_argument("--stats", required=True, help="the normalization statistics (JSON)")
 
 
 def ingest_step(args):
+    """TIFF -> exact OME-Zarr -> normalized OME-Zarr: one job per image, since Snakemake's
+    planning time grows with the number of jobs (profiles/slurm/README.md, Scale)."""
     from .ingest import ingest
 
-    s, cfg = args.sample, args.settings
-    ingest(s["image"], s.get("axes"), args.out, name=s["sample_id"], voxel_size=s.get("voxel_size"),
+    s, cfg = args.sample, args.ingest_settings
+    ingest(s["image"], s.get("axes"), args.image, name=s["sample_id"], voxel_size=s.get("voxel_size"),
            chunks=cfg.get("chunks"), pyramid_levels=cfg.get("pyramid_levels", "auto"),
            pyramid_method=cfg.get("pyramid_method", "nearest"),
            compression=cfg.get("compression", "lz4"), threads=args.threads)
-
-
-def normalize_arguments(p):
-    p.add_argument("--image", required=True)
-    p.add_argument("--settings", type=cli.json_arg, default={})
-    p.add_argument("--ingest-settings", type=cli.json_arg, default={})
-    p.add_argument("--out", required=True)
-    p.add_argument("--stats", required=True)
+    normalize_step(args)
 
 
 def normalize_step(args):
+    """args.image (OME-Zarr) -> args.out normalized, args.stats; settings from args.settings
+    (normalize section) and args.ingest_settings (storage)."""
     from .normalize import normalize
 
     cfg, ing = args.settings, args.ingest_settings
@@ -182,7 +182,7 @@ def qc_restoration_step(args):
 
 def provenance_arguments(p):
     p.add_argument("--sample", type=cli.json_arg, required=True)
-    p.add_argument("--config", type=cli.json_arg, required=True)
+    p.add_argument("--config", type=Path, required=True, help="the resolved config (JSON file)")
     p.add_argument("--inputs", nargs="*", default=[])
     p.add_argument("--repo", required=True)
     p.add_argument("--out", required=True)
@@ -191,7 +191,17 @@ def provenance_arguments(p):
 def provenance_step(args):
     from .provenance import record
 
-    write_json(args.out, record(args.sample, args.config, args.inputs, args.repo))
+    config = json.loads(args.config.read_text())
+    write_json(args.out, record(args.sample, config, args.inputs, args.repo))
+
+
+def workflow_config_arguments(p):
+    p.add_argument("--config", type=cli.json_arg, required=True, help="the resolved config as JSON")
+    p.add_argument("--out", required=True)
+
+
+def workflow_config_step(args):
+    write_json(args.out, args.config)
 
 
 def summary_arguments(p):
@@ -356,6 +366,21 @@ def evaluate_segmentation_arguments(p):
     p.add_argument("--truth", required=True, help="ground-truth labels (TIFF or glob)")
     p.add_argument("--sample", required=True)
     p.add_argument("--out", required=True)
+    _class_output_arguments(p)
+
+
+def _class_output_arguments(p):
+    """Outputs of the U-Net's pixel-class scores (all three, or none)."""
+    p.add_argument("--class-confusion", help="U-Net: pixel-class confusion matrix (CSV of counts)")
+    p.add_argument("--class-metrics", help="U-Net: per-class IoU, Dice, precision, recall (CSV)")
+    p.add_argument("--class-plot", help="U-Net: the confusion matrix as PNG")
+
+
+def _class_outputs(args) -> bool:
+    given = [args.class_confusion, args.class_metrics, args.class_plot]
+    if any(given) and not all(given):
+        raise SystemExit("--class-confusion, --class-metrics and --class-plot go together")
+    return all(given)
 
 
 def evaluate_segmentation_step(args):
@@ -365,6 +390,15 @@ def evaluate_segmentation_step(args):
 
     pred = read_labels_image(args.labels)
     truth = read_labels(args.truth, pred.shape, f"sample {args.sample} ({args.labels})")
+    if _class_outputs(args):  # U-Net: its class map against the classes of the true labels
+        from . import unet
+        from .segment import read_class_map
+
+        classes = read_class_map(args.labels)
+        cm = unet.class_confusion(truth, classes.data, time_axis=0 if "t" in classes.axes else None,
+                                  where=args.truth, pred_where=args.labels)
+        evaluate.write_class_scores({args.sample: cm}, unet.CLASS_NAMES, args.class_confusion, args.class_metrics,
+                                    args.class_plot, title=f"U-Net pixel classes: {args.sample}", total_name=None)
     if "t" in pred.axes:
         per_frame = {f"t{t}": evaluate.instance_metrics(truth[t], pred.data[t], where=args.labels)
                      for t in range(pred.shape[0])}
@@ -380,6 +414,9 @@ def gather_metrics_arguments(p):
     p.add_argument("--inputs", nargs="+", required=True)
     p.add_argument("--kind", choices=["segmentation", "tracking", "classification", "restoration"], required=True)
     p.add_argument("--out", required=True)
+    p.add_argument("--class-inputs", nargs="*", default=[],
+                   help="segmentation: per-sample U-Net class_confusion.csv files, added up into the --class-* outputs")
+    _class_output_arguments(p)
 
 
 def gather_metrics_step(args):
@@ -395,6 +432,12 @@ def gather_metrics_step(args):
         total = evaluate.summarize({k: t.drop(columns=["sample"]) for k, t in tables.items()})
         total.insert(0, "sample", "ALL")
         result = pd.concat([*tables.values(), total], ignore_index=True)
+        if _class_outputs(args):  # U-Net pixel classes: confusion counts added, then scored
+            from .unet import CLASS_NAMES
+
+            matrices = {Path(p).parent.name: evaluate.read_confusion(p, CLASS_NAMES) for p in args.class_inputs}
+            evaluate.write_class_scores(matrices, CLASS_NAMES, args.class_confusion, args.class_metrics, args.class_plot,
+                                        title=f"U-Net pixel classes: {len(matrices)} samples summed")
     elif args.kind == "restoration":
         tables = [pd.read_csv(p) for p in args.inputs]
         result = pd.concat(tables, ignore_index=True)

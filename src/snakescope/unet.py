@@ -16,7 +16,8 @@ Touching objects are separated because each keeps its own one-pixel inner contou
   equals whole-image prediction (up to float round-off) with bounded memory; image and
   output may be Zarr arrays (or :class:`snakescope.frames.FrameView`).
 * :func:`probabilities_to_instances` and :func:`predict_instances` turn probabilities into
-  instance labels.
+  instance labels; :func:`probabilities_to_classes` into the class map (the most probable
+  class per pixel), which :func:`class_confusion` scores against ground-truth labels.
 
 TensorFlow/Keras are imported inside functions only, so label and post-processing helpers
 stay cheap to import.
@@ -46,12 +47,14 @@ __all__ = [
     "architecture_for",
     "build_keras_model",
     "check_pair",
+    "class_confusion",
     "class_weights_from_frequencies",
     "labels_to_classes",
     "load_unet",
     "normalize_percentile",
     "predict_instances",
     "predict_probabilities",
+    "probabilities_to_classes",
     "probabilities_to_instances",
     "read_pairs",
     "receptive_field_radius",
@@ -310,8 +313,10 @@ class UNet:
     def predict_probabilities(self, image, block_shape="auto", halo=None, out=None, where="image"):
         return predict_probabilities(self, image, block_shape, halo, out=out, where=where)
 
-    def predict_instances(self, image, block_shape="auto", halo=None, where="image", **postprocessing):
-        return predict_instances(self, image, block_shape, halo, where=where, **postprocessing)
+    def predict_instances(self, image, block_shape="auto", halo=None, where="image", classes_out=None,
+                          **postprocessing):
+        return predict_instances(self, image, block_shape, halo, where=where, classes_out=classes_out,
+                                 **postprocessing)
 
 
 def load_unet(model_dir: str | Path, weights: str = "best") -> UNet:
@@ -451,18 +456,84 @@ def probabilities_to_instances(prob, body_threshold: float = 0.5, foreground_thr
     return labels.astype(np.int32)
 
 
-def predict_instances(model, image, block_shape="auto", halo=None, *, where="image", **postprocessing) -> np.ndarray:
+def probabilities_to_classes(prob, *, band_pixels: int = 1 << 22) -> np.ndarray:
+    """The class map (uint8: 0 background, 1 contour, 2 body) of probabilities ``(..., 3)``:
+    the most probable class of each pixel (a tie goes to the lower class, as ``argmax``).
+
+    Computed in bands along the first axis, so the temporaries stay small next to the
+    probabilities themselves (12 bytes per pixel against the map's 1).
+    """
+    prob = np.asarray(prob)
+    if prob.ndim not in (3, 4) or prob.shape[-1] != len(CLASS_NAMES):
+        raise InputError("probabilities", f"expected shape (..., {len(CLASS_NAMES)}) for a 2D/3D frame, got {prob.shape}")
+    shape = prob.shape[:-1]
+    classes = np.empty(shape, np.uint8)
+    rows = max(1, int(band_pixels) // max(1, math.prod(shape[1:])))
+    for start in range(0, shape[0], rows):
+        classes[start:start + rows] = np.argmax(prob[start:start + rows], axis=-1)
+    return classes
+
+
+def _time_point(array, t: int):
+    """A writable view of time point ``t`` of a NumPy array, Zarr array or frame view."""
+    from .frames import FrameView
+
+    if isinstance(array, np.ndarray):
+        return array[t]
+    if isinstance(array, FrameView):
+        return FrameView(array.array, array.index + (t,))
+    return FrameView(array, (t,))
+
+
+def predict_instances(model, image, block_shape="auto", halo=None, *, where="image", classes_out=None,
+                      **postprocessing) -> np.ndarray:
     """Instance labels (int32) for a 2D/3D frame, or for each frame of a stack with a leading
     time axis (``image.ndim == model ndim + 1``). ``model``: a folder or a :class:`UNet`.
-    Post-processing settings default to those tuned on the validation set (config.json)."""
+    Post-processing settings default to those tuned on the validation set (config.json).
+    ``classes_out`` (an array, Zarr array or frame view of the image's shape), when given,
+    receives the class map of the same probabilities (:func:`probabilities_to_classes`)."""
     unet = _as_unet(model)
     settings = {**unet.postprocessing, **postprocessing}
     ndim = unet.ndim
     if image.ndim == ndim + 1:
-        return np.stack([predict_instances(unet, image[t], block_shape, halo, where=f"{where} (time point {t})", **settings)
+        return np.stack([predict_instances(unet, image[t], block_shape, halo, where=f"{where} (time point {t})",
+                                           classes_out=None if classes_out is None else _time_point(classes_out, t),
+                                           **settings)
                          for t in range(image.shape[0])])
     prob = predict_probabilities(unet, image, block_shape, halo, where=where)
+    if classes_out is not None:
+        if tuple(classes_out.shape) != tuple(prob.shape[:-1]):
+            raise InputError(where, f"class map shape {tuple(classes_out.shape)} does not fit the frame shape {prob.shape[:-1]}")
+        classes_out[...] = probabilities_to_classes(prob)
     return probabilities_to_instances(prob, **settings)
+
+
+def class_confusion(labels, class_map, *, time_axis: int | None = None, where: str | Path = "labels",
+                    pred_where: str | Path = "class map") -> np.ndarray:
+    """Pixel-class confusion matrix (int64 counts; rows true class, columns predicted, in
+    :data:`CLASS_NAMES` order) of a predicted class map against instance ``labels``.
+
+    The true classes come from :func:`labels_to_classes`, the training targets (same contour
+    definition). With ``time_axis``, frame by frame (a contour never spans time points) and
+    added up; ``class_map`` may then be a Zarr array, read one frame at a time. Shape, dtype
+    and class-id problems raise :class:`InputError` naming ``where`` / ``pred_where``.
+    """
+    from .evaluate import semantic_metrics
+
+    if time_axis is not None:
+        labels = np.moveaxis(np.asarray(labels), time_axis, 0)
+        if time_axis != 0:  # a lazy (Zarr) map is read frame by frame only along its first axis
+            class_map = np.moveaxis(np.asarray(class_map), time_axis, 0)
+        if tuple(class_map.shape) != tuple(labels.shape):
+            raise InputError(pred_where, f"class map shape {tuple(class_map.shape)} differs from ground-truth shape "
+                                         f"{tuple(labels.shape)} of {where}")
+        cm = np.zeros((len(CLASS_NAMES),) * 2, np.int64)
+        for t in range(labels.shape[0]):
+            cm += class_confusion(labels[t], class_map[t], where=f"{where} (time point {t})",
+                                  pred_where=f"{pred_where} (time point {t})")
+        return cm
+    truth = labels_to_classes(labels, where)
+    return semantic_metrics(truth, np.asarray(class_map), CLASS_NAMES, where=pred_where)["confusion_matrix"]
 
 
 # ---------------------------------------------------------------------------------------

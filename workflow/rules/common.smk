@@ -1,5 +1,6 @@
 import functools
 import json
+import shlex
 import sys
 from dataclasses import asdict
 from pathlib import Path
@@ -67,6 +68,12 @@ def existing_files(pattern):
 
 def image_files(wildcards):
     return existing_files(SAMPLES[wildcards.sample].image)
+
+
+def sample_files(wildcards):
+    """Every file the sample reads that exists (image, labels, points, target, tracks...):
+    its provenance records their checksums and is rewritten when one changes."""
+    return [f for f in SAMPLES[wildcards.sample].input_files() if Path(f).is_file()]
 
 
 def target_files(wildcards):
@@ -393,3 +400,38 @@ for _sample in SAMPLES.values():
             "(no pretrained model_*d in the config and no sample of that dimensionality "
             "with labels): it is ingested and normalized only"
         )
+
+# U-Net runs also score the network's pixel classes (background / contour / body, kept in
+# labels.ome.zarr) against the classes of the ground-truth labels: extra outputs of the
+# evaluation and gather rules. StarDist runs keep exactly their jobs and outputs.
+PIXEL_CLASSES = config["segmentation"]["method"] == "unet"
+
+
+def evaluated_samples():
+    """Segmented samples with ground-truth labels."""
+    return [s for s in samples_with("labels") if s in segmented_samples()]
+
+
+def pixel_class_outputs(folder, plot, captions, **category):
+    """The U-Net's pixel-class outputs (confusion counts, per-class scores, plot), those named
+    in ``captions`` ({output: caption}) shown in the report; none for other methods."""
+    if not PIXEL_CLASSES:
+        return {}
+    outputs = {
+        "class_confusion": f"{folder}/class_confusion.csv",
+        "class_metrics": f"{folder}/class_metrics.csv",
+        "class_plot": plot,
+    }
+    for key, caption in captions.items():
+        outputs[key] = report(outputs[key], caption=caption, **category)
+    return outputs
+
+
+def pixel_class_args(output, input=None):
+    """The pixel-class arguments of the evaluation and gather steps ("" for StarDist)."""
+    if not PIXEL_CLASSES:
+        return ""
+    inputs = ["--class-inputs", *input.classes] if input is not None else []
+    outputs = ["--class-confusion", output.class_confusion, "--class-metrics"]
+    outputs += [output.class_metrics, "--class-plot", output.class_plot]
+    return f" {shlex.join([*inputs, *outputs])}"

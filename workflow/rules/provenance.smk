@@ -1,7 +1,27 @@
+# The resolved config, written once and read by every provenance job: on each job's command
+# line it would fill the plan of a 10,000-image run with 10,000 copies. Its params make it
+# (and so every provenance record) rerun when the config changes.
+rule workflow_config:
+    output:
+        "results/config.json",
+    log:
+        "logs/workflow_config.log",
+    localrule: True
+    conda:
+        "../../envs/imaging.yaml"
+    params:
+        python=python_for("main"),
+        script=script("workflow_config.py"),
+        config=json.dumps(config, sort_keys=True),
+    shell:
+        "{params.python} {params.script} --config {params.config:q} --out {output:q} > {log:q} 2>&1"
+
+
 rule provenance:
     input:
-        image_files,
         "results/{sample}/image.ome.zarr",
+        sources=sample_files,
+        config="results/config.json",
     output:
         report(
             "results/{sample}/provenance.json",
@@ -20,12 +40,10 @@ rule provenance:
         python=python_for("main"),
         script=script("provenance.py"),
         sample=sample_json,
-        config=json.dumps(config, sort_keys=True),
-        inputs=lambda wc: SAMPLES[wc.sample].input_files(),
         repo=str(REPO),
     shell:
-        "{params.python} {params.script} --sample {params.sample:q} --config {params.config:q}"
-        " --inputs {params.inputs:q} --repo {params.repo:q} --out {output:q} > {log:q} 2>&1"
+        "{params.python} {params.script} --sample {params.sample:q} --config {input.config:q}"
+        " --inputs {input.sources:q} --repo {params.repo:q} --out {output:q} > {log:q} 2>&1"
 
 
 rule summary:

@@ -161,7 +161,14 @@ rule evaluate_segmentation:
         labels="results/{sample}/labels.ome.zarr",
         truth=lambda wc: SAMPLES[wc.sample].labels,
     output:
-        "results/{sample}/segmentation_metrics.csv",
+        **pixel_class_outputs(
+            "results/{sample}",
+            "results/{sample}/qc/class_confusion.png",
+            {"class_plot": "../report/class_confusion.rst"},
+            category="Segmentation",
+            subcategory="{sample}",
+        ),
+        metrics="results/{sample}/segmentation_metrics.csv",
     log:
         "logs/evaluate_segmentation/{sample}.log",
     conda:
@@ -172,20 +179,34 @@ rule evaluate_segmentation:
     params:
         python=python_for("main"),
         script=script("evaluate_segmentation.py"),
+        classes=lambda wc, output: pixel_class_args(output),
     shell:
         "{params.python} {params.script} --labels {input.labels:q} --truth {input.truth:q}"
-        " --sample {wildcards.sample} --out {output:q} > {log:q} 2>&1"
+        " --sample {wildcards.sample} --out {output.metrics:q}{params.classes} > {log:q} 2>&1"
 
 
 rule gather_segmentation_metrics:
     input:
-        lambda wc: [
-            f"results/{s}/segmentation_metrics.csv"
-            for s in samples_with("labels")
-            if s in segmented_samples()
+        metrics=lambda wc: [
+            f"results/{s}/segmentation_metrics.csv" for s in evaluated_samples()
         ],
+        classes=lambda wc: (
+            [f"results/{s}/class_confusion.csv" for s in evaluated_samples()]
+            if PIXEL_CLASSES
+            else []
+        ),
     output:
-        report(
+        **pixel_class_outputs(
+            "results/metrics",
+            "results/metrics/class_confusion.png",
+            {
+                "class_confusion": "../report/class_confusion_total.rst",
+                "class_metrics": "../report/class_metrics.rst",
+                "class_plot": "../report/class_confusion_total.rst",
+            },
+            category="Metrics",
+        ),
+        metrics=report(
             "results/metrics/segmentation.csv",
             caption="../report/segmentation_metrics.rst",
             category="Metrics",
@@ -200,5 +221,7 @@ rule gather_segmentation_metrics:
     params:
         python=python_for("main"),
         script=script("gather_metrics.py"),
+        classes=lambda wc, input, output: pixel_class_args(output, input),
     shell:
-        "{params.python} {params.script} --kind segmentation --inputs {input:q} --out {output:q} > {log:q} 2>&1"
+        "{params.python} {params.script} --kind segmentation --inputs {input.metrics:q}"
+        " --out {output.metrics:q}{params.classes} > {log:q} 2>&1"
