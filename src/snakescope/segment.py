@@ -68,8 +68,7 @@ def read_labels(path: str, expected_shape, where: str) -> np.ndarray:
 def load_pairs(source: TrainingSource) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """{'sample:tN' or 'sample': (image frame float32, labels frame)} for one sample."""
     image = ngff.read_image(source.image)
-    label_axes = image.axes.replace("c", "")
-    label_shape = tuple(s for a, s in zip(image.axes, image.shape) if a != "c")
+    label_axes, label_shape, _ = _label_layout(image)
     labels = read_labels(source.labels, label_shape, f"sample {source.sample} ({source.image})")
     pairs = {}
     for t, index in frames(image.axes, image.shape, source.channel):
@@ -298,11 +297,8 @@ def write_label_image(image_path, out_path, segment_frame, *, channel: int = 0, 
     of it to fill too. The instance labels stay first in the root's ``labels`` list.
     """
     image = ngff.read_image(image_path)
-    label_axes = image.axes.replace("c", "")
-    label_shape = tuple(s for a, s in zip(image.axes, image.shape) if a != "c")
-    label_chunks = tuple(c for a, c in zip(image.axes, image.data.chunks) if a != "c")
+    label_axes, label_shape, label_chunks = _label_layout(image)
     scale = [s for a, s in zip(image.axes, image.scale) if a != "c"]
-    counts = {}
     with atomic_path(out_path) as tmp:
         root = ngff.open_group(tmp, "w")
         root.attrs["labels"] = [name, CLASS_MAP] if class_names else [name]
@@ -314,13 +310,7 @@ def write_label_image(image_path, out_path, segment_frame, *, channel: int = 0, 
         if class_names:
             class_group = labels_group.create_group(CLASS_MAP)
             class_levels = ngff.create_levels(class_group, shapes, label_chunks, np.uint8, "lz4")
-        for t, index in frames(image.axes, image.shape, channel):
-            leading = (t,) if t is not None else ()
-            out = FrameView(levels[0], leading)
-            extra = [FrameView(class_levels[0], leading)] if class_levels else []
-            n = segment_frame(FrameView(image.data, index), out, *extra)
-            counts[str(t) if t is not None else "0"] = int(n)
-            log.info("frame %s: %d objects", t, n)
+        counts = _segment_frames(image, channel, segment_frame, levels[0], *class_levels[:1])
         ngff.write_pyramid(group, label_axes, shapes, label_chunks, np.uint32, "lz4", 2, "nearest")
         _label_metadata(group, label_axes, scale, len(shapes), name)
         if class_levels:
@@ -331,6 +321,27 @@ def write_label_image(image_path, out_path, segment_frame, *, channel: int = 0, 
         result = {**(summary or {}), "objects_per_frame": counts}
         root.attrs["snakescope"] = {"segmentation": result}
     return result
+
+
+def _label_layout(image: ngff.NgffImage) -> tuple[str, tuple, tuple]:
+    """Axes, shape and chunks of the labels of an NGFF image: the image's without c."""
+    keep = [i for i, a in enumerate(image.axes) if a != "c"]
+    return (image.axes.replace("c", ""), tuple(image.shape[i] for i in keep),
+            tuple(image.data.chunks[i] for i in keep))
+
+
+def _segment_frames(image: ngff.NgffImage, channel: int, segment_frame, labels, *extra) -> dict:
+    """``segment_frame(frame, out, *extra_out)`` for every frame of ``image`` (channel chosen),
+    ``out`` being that time point's view of ``labels`` (and of each array in ``extra``);
+    returns the object count per frame ({"t" or "0": n})."""
+    counts = {}
+    for t, index in frames(image.axes, image.shape, channel):
+        leading = (t,) if t is not None else ()
+        n = segment_frame(FrameView(image.data, index), FrameView(labels, leading),
+                          *(FrameView(array, leading) for array in extra))
+        counts[str(t) if t is not None else "0"] = int(n)
+        log.info("frame %s: %d objects", t, n)
+    return counts
 
 
 def _label_metadata(group, axes: str, scale, n_levels: int, name: str, **image_label) -> None:
@@ -350,14 +361,14 @@ def predict_stardist(model_dir, image_path, out_path, *, channel: int = 0, prob_
     or duplicated, and the labels are written straight into the Zarr array (memory bounded
     by the block size).
     """
-    model, image, segment_frame, kwargs = _stardist_frames(model_dir, image_path, prob_thresh, nms_thresh,
-                                                           block_size, min_overlap, context)
+    _, segment_frame, kwargs = _stardist_frames(model_dir, image_path, prob_thresh, nms_thresh,
+                                                block_size, min_overlap, context)
     return write_label_image(image_path, out_path, segment_frame, channel=channel, name=name,
                              summary={"method": "stardist", "model": str(model_dir), "thresholds": kwargs})
 
 
 def _stardist_frames(model_dir, image_path, prob_thresh, nms_thresh, block_size, min_overlap, context, part=None):
-    """The model, the image, a ``segment_frame(frame, out)`` for ``write_label_image`` and the
+    """The image, a ``segment_frame(frame, out)`` for ``write_label_image`` and the
     thresholds used. With ``part=(k, n)``, only the k-th of n contiguous shares of every
     frame's blocks is segmented (frames that fit in one block: by part 0 alone)."""
     check_thresholds(prob_thresh, nms_thresh)
@@ -381,7 +392,7 @@ def _stardist_frames(model_dir, image_path, prob_thresh, nms_thresh, block_size,
             return predict_blocks(model, frame, out, spatial, _block(block_size, spatial), min_overlap, context,
                                   where=str(image_path), part=part, **kwargs)
 
-    return model, image, segment_frame, kwargs
+    return image, segment_frame, kwargs
 
 
 def predict_stardist_part(model_dir, image_path, out_path, *, part: int, n_parts: int, channel: int = 0,
@@ -393,17 +404,13 @@ def predict_stardist_part(model_dir, image_path, out_path, *, part: int, n_parts
     its attributes), written atomically. ``gather_stardist_parts`` joins the parts."""
     if not 0 <= part < n_parts:
         raise InputError("segmentation.scatter", f"part {part} does not exist in {n_parts} parts")
-    _, image, segment_frame, kwargs = _stardist_frames(model_dir, image_path, prob_thresh, nms_thresh, block_size,
-                                                       min_overlap, context, part=(part, n_parts))
-    label_shape = tuple(n for a, n in zip(image.axes, image.shape) if a != "c")
-    label_chunks = tuple(c for a, c in zip(image.axes, image.data.chunks) if a != "c")
-    counts = {}
+    image, segment_frame, kwargs = _stardist_frames(model_dir, image_path, prob_thresh, nms_thresh, block_size,
+                                                    min_overlap, context, part=(part, n_parts))
+    _, label_shape, label_chunks = _label_layout(image)
     with atomic_path(out_path) as tmp:
         group = ngff.open_group(tmp, "w")
         labels = ngff.create_levels(group, [label_shape], label_chunks, np.uint32, "lz4")[0]
-        for t, index in frames(image.axes, image.shape, channel):
-            out = FrameView(labels, (t,) if t is not None else ())
-            counts[str(t) if t is not None else "0"] = int(segment_frame(FrameView(image.data, index), out))
+        counts = _segment_frames(image, channel, segment_frame, labels)
         result = {"part": part, "n_parts": n_parts, "objects_per_frame": counts, "thresholds": kwargs,
                   "model": str(model_dir)}
         group.attrs["snakescope"] = {"segmentation_part": result}
@@ -417,7 +424,7 @@ def gather_stardist_parts(part_paths, image_path, out_path, *, channel: int = 0,
     Parts are applied in order, each label shifted by the objects of the earlier parts in
     that frame, and only positive labels written (as StarDist's blocks write), so the
     result is the single-job one: same blocks, same owner of every object, same numbering.
-    Memory: one chunk at a time.
+    Memory: one slab of whole chunks at a time (``ngff.slabs``).
     """
     parts = []
     for path in part_paths:
@@ -437,7 +444,7 @@ def gather_stardist_parts(part_paths, image_path, out_path, *, channel: int = 0,
         offset = 0
         for info, array in parts:
             source = FrameView(array, out.index)
-            for region in _chunk_regions(out.shape, array.chunks[-len(out.shape):]):
+            for region in ngff.slabs(spatial, out.shape, array.chunks[-len(out.shape):]):
                 block = np.asarray(source[region])
                 mask = block > 0
                 if mask.any():
@@ -448,18 +455,10 @@ def gather_stardist_parts(part_paths, image_path, out_path, *, channel: int = 0,
         return offset
 
     info = parts[0][0]
+    spatial = spatial_axes(ngff.read_image(image_path).axes)
     return write_label_image(image_path, out_path, join_frame, channel=channel, name=name,
                              summary={"method": "stardist", "model": info["model"], "thresholds": info["thresholds"],
                                       "scattered_parts": len(parts)})
-
-
-def _chunk_regions(shape, chunks):
-    """Slices of every chunk of an array of ``shape`` (row-major order)."""
-    import itertools
-
-    ranges = [range(0, n, c) for n, c in zip(shape, chunks)]
-    for starts in itertools.product(*ranges):
-        yield tuple(slice(s, min(s + c, n)) for s, c, n in zip(starts, chunks, shape))
 
 
 def _single_openmp_thread():
