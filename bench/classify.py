@@ -64,8 +64,7 @@ SETTINGS = dict(
 def main() -> dict:
     if not DATA.is_dir():
         return {"skipped": f"{DATA} is absent (a clone without ../shared/data)"}
-    from snakescope import classify
-
+    from snakescope.classification import classify
     t0 = time.perf_counter()
     patches, labels, _ = classify.load_patch_folder(DATA)
     counts = {c: labels.count(c) for c in sorted(set(labels))}

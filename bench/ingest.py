@@ -82,7 +82,7 @@ REPEATS = 3
 CHILD = """
 import json, resource, sys, time
 sys.path.insert(0, {src!r})
-from snakescope.ingest import ingest
+from snakescope.ingest.convert import ingest
 start = time.perf_counter()
 ingest({tif!r}, "TZYX", {out!r}, name="bench", voxel_size={{"z": 1.0, "y": 0.2, "x": 0.2}}, threads=2)
 seconds = time.perf_counter() - start

@@ -123,8 +123,7 @@ def scores(outputs, cleans) -> dict:
 
 
 def write_ngff(path: Path, data: np.ndarray, axes: str) -> None:
-    from snakescope import ngff
-
+    from snakescope.io import ngff
     group = ngff.open_group(path, "w")
     chunks = tuple(1 if a in "tc" else min(512, s) for a, s in zip(axes, data.shape))
     shapes = ngff.pyramid_shapes(axes, data.shape, "auto")
@@ -187,8 +186,8 @@ def baselines(noisy, cleans, quick: bool) -> dict:
 
 def child_train(work: Path) -> None:
     """Train N2V on the noisy NGFF images, restore each, compare blockwise vs whole."""
-    from snakescope import ngff, restore
-
+    from snakescope.io import ngff
+    from snakescope.restoration import restore
     job = json.loads((work / "job.json").read_text())
     images = sorted(str(p) for p in (work / "noisy").glob("*.ome.zarr"))
     settings = {**job["n2v"], "time_limit": job["train_seconds"]}
@@ -235,8 +234,7 @@ def child_train(work: Path) -> None:
 
 
 def child_rss(work: Path) -> None:
-    from snakescope import restore
-
+    from snakescope.restoration import restore
     t0 = time.perf_counter()
     summary = restore.predict(work / "model", "n2v", work / "volume.ome.zarr", work / "volume_restored.ome.zarr")
     seconds = time.perf_counter() - t0
@@ -258,8 +256,7 @@ def run_child(mode: str, work: Path) -> None:
 
 def make_volume(path: Path, gib: float, tiles: list[np.ndarray]) -> tuple[int, ...]:
     """A t x 4096 x 4096 float32 NGFF volume of noisy image tiles, written frame by frame."""
-    from snakescope import ngff
-
+    from snakescope.io import ngff
     yx = 4096 if gib >= 1 else 1024
     t = int(np.ceil(gib * 2**30 / (yx * yx * 4)))
     shape = (t, yx, yx)
@@ -319,8 +316,7 @@ def main() -> None:
 
         run_child("train", work)
         child = json.loads((work / "train.json").read_text())
-        from snakescope import ngff
-
+        from snakescope.io import ngff
         restored = [ngff.read_image(work / "restored" / f"{name}.ome.zarr").data[...] for name, _ in data]
         s_noisy = scores(noisy, cleans)
         s_n2v = scores(restored, cleans)

@@ -63,8 +63,9 @@ def main() -> None:
         return
     from stardist.matching import matching_dataset
 
-    from snakescope import segment, unet
+    from snakescope.segmentation import stardist as segment
 
+    from snakescope.segmentation import unet
     pairs, split, test = load()
     work = Path(tempfile.mkdtemp(prefix="snakescope-bench-seg-"))
     try:

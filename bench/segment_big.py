@@ -144,8 +144,7 @@ def truth_crop(pairs, plan, crop: int) -> np.ndarray:
 
 def child_train(args) -> None:
     """Train the bench's model with the workflow's training code (seeded, fixed step count)."""
-    from snakescope import segment
-
+    from snakescope.segmentation import stardist as segment
     out = Path(args[0])
     pairs = load_images()
     ids = sorted(pairs)
@@ -158,8 +157,7 @@ def child_train(args) -> None:
 
 def _warm_model(model_dir):
     """The model loaded and TensorFlow's runtime started (thread pools, kernels) before timing."""
-    from snakescope import segment
-
+    from snakescope.segmentation import stardist as segment
     model = segment.load_model(model_dir)
     model.predict_instances(np.zeros((256, 256), np.float32), axes="YX", show_tile_progress=False)
     return model
@@ -187,8 +185,8 @@ def child_rule(args) -> None:
 
 def child_whole(args) -> None:
     """Whole-image ``model.predict_instances`` on an NGFF image (read included), labels saved as .npy."""
-    from snakescope import ngff, segment
-
+    from snakescope.io import ngff
+    from snakescope.segmentation import stardist as segment
     model_dir, image, out = args
     _warm_model(model_dir)
     start = time.perf_counter()
@@ -204,8 +202,7 @@ def child_whole(args) -> None:
 
 def child_blocks(args) -> None:
     """The segment rule's function (``predict_stardist``, blockwise into NGFF labels) on an NGFF image."""
-    from snakescope import segment
-
+    from snakescope.segmentation import stardist as segment
     model_dir, image, out, settings = args[0], args[1], args[2], json.loads(args[3])
     _warm_model(model_dir)
     start = time.perf_counter()
@@ -238,9 +235,11 @@ def main() -> None:
     import tifffile
     from stardist.matching import matching
 
-    from snakescope import ngff, segment
-    from snakescope.ingest import ingest
-    from snakescope.normalize import normalize
+    from snakescope.io import ngff
+
+    from snakescope.segmentation import stardist as segment
+    from snakescope.ingest.convert import ingest
+    from snakescope.ingest.normalize import normalize
 
     keep = os.environ.get("SNAKESCOPE_BENCH_WORK")
     work = Path(keep) if keep else Path(tempfile.mkdtemp(prefix="snakescope-bench-big-"))
@@ -300,7 +299,9 @@ def main() -> None:
         timings["crop_comparison"] = time.perf_counter() - start
         timings["total"] = time.perf_counter() - begin
         whole = np.load(work / "whole.npy")
-        blocks = segment.read_labels_image(work / "crop_labels.ome.zarr").data[...]
+        from snakescope.io import labels as labels_io
+
+        blocks = labels_io.read_labels_image(work / "crop_labels.ome.zarr").data[...]
         agreement = matching(whole, blocks, thresh=0.5)
         truth = truth_crop(pairs, plan, CROP)
         vs_truth = {k: matching(truth, v, thresh=0.5) for k, v in (("whole", whole), ("blocks", blocks))}

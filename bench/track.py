@@ -59,8 +59,8 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from snakescope.ctc import evaluate_detections  # noqa: E402
-from snakescope.tracking import Tracks, link, tracks_from_links  # noqa: E402
+from snakescope.tracking.ctc import evaluate_detections  # noqa: E402
+from snakescope.tracking.linking import Tracks, link, tracks_from_links  # noqa: E402
 
 PIXEL_UM = 0.5
 MAX_DISTANCE_UM = 10.0

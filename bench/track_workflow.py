@@ -154,8 +154,8 @@ def write_project(wd: Path) -> dict:
 
 def linking_only(truth: dict, scratch: Path) -> dict:
     """TRA of the workflow's linker and settings on the ground-truth masks (no segmentation error)."""
-    from snakescope.ctc import evaluate_ctc, summarize_metrics, write_ctc_result
-    from snakescope.tracking import detections_from_labels, link
+    from snakescope.tracking.ctc import evaluate_ctc, summarize_metrics, write_ctc_result
+    from snakescope.tracking.linking import detections_from_labels, link
 
     results = {}
     for name, entry in truth.items():

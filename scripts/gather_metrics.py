@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-from snakescope import cli, steps  # noqa: E402
+from snakescope.pipeline import cli  # noqa: E402
+from snakescope.pipeline import steps
 
 cli.main(steps.gather_metrics_step, __doc__, steps.gather_metrics_arguments)

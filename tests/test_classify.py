@@ -9,7 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from snakescope import classify
+from snakescope.classification import classify
+from snakescope.io import labels as labels_io
 from snakescope.errors import InputError
 from snakescope.synthetic import make_timelapse, write_timelapse
 
@@ -456,8 +457,8 @@ def test_training_patches_from_folder_checks_geometry(tmp_path):
 def test_train_step_from_patch_folder_alone_with_time_window(sample, tmp_path):
     """The rule's training step on a patch folder only (no sample with points): frames as
     channels, the model's geometry from the patches, the confusion PNG copied for the report."""
-    from snakescope import cli, steps
-
+    from snakescope.pipeline import cli
+    from snakescope.pipeline import steps
     points = sample.points[sample.points["t"].between(1, 8)].groupby("class_name").head(15)
     folder = _write_patch_folder(tmp_path / "patches", sample.image, points, 16, time_window=1)
     settings = {"epochs": 1, "batch_size": 8, "patience": 0, "time_window": 1, "patch_size": [16, 16]}
@@ -562,9 +563,9 @@ def segmented(tmp_path):
     as segmentation), classes predicted right except for one object, and a model folder."""
     import tifffile
 
-    from snakescope import segment
-    from snakescope.ingest import ingest
-    from snakescope.measure import measure
+    from snakescope.segmentation import stardist as segment
+    from snakescope.ingest.convert import ingest
+    from snakescope.segmentation.measure import measure
 
     timelapse = make_timelapse(ndim=2, n_frames=3, shape=(64, 64), n_cells=5, seed=3)
     tifffile.imwrite(tmp_path / "labels.tif", timelapse.labels.astype(np.uint16), imagej=True, metadata={"axes": "TYX"})
@@ -574,7 +575,7 @@ def segmented(tmp_path):
         out[...] = frame[...]
         return len(np.unique(frame[...])) - 1
 
-    segment.write_label_image(tmp_path / "as_image.ome.zarr", tmp_path / "labels.ome.zarr", copy)
+    labels_io.write_label_image(tmp_path / "as_image.ome.zarr", tmp_path / "labels.ome.zarr", copy)
     measure(tmp_path / "labels.ome.zarr", tmp_path / "as_image.ome.zarr", tmp_path / "measured.parquet")
     objects = pd.read_parquet(tmp_path / "measured.parquet")
     truth_class = dict(zip(timelapse.classes["label"], timelapse.classes["class_name"]))
@@ -592,8 +593,8 @@ def segmented(tmp_path):
 
 
 def _evaluation_args(folder: Path, truth: Path, sample: str = "s"):
-    from snakescope import cli, steps
-
+    from snakescope.pipeline import cli
+    from snakescope.pipeline import steps
     parser = cli.parser("evaluate")
     steps.evaluate_classification_arguments(parser)
     return parser.parse_args(["--truth", str(truth), "--labels", str(folder / "labels.ome.zarr"),
@@ -603,8 +604,8 @@ def _evaluation_args(folder: Path, truth: Path, sample: str = "s"):
 
 
 def test_evaluate_classification_step_and_gather(segmented):
-    from snakescope import cli, steps
-
+    from snakescope.pipeline import cli
+    from snakescope.pipeline import steps
     folder, timelapse, n_wrong = segmented
     for sample in ("s", "t"):
         steps.evaluate_classification_step(_evaluation_args(folder, folder / "truth.csv", sample))
@@ -629,8 +630,7 @@ def test_evaluate_classification_step_and_gather(segmented):
 
 
 def test_class_truth_errors_name_file_and_row(segmented, tmp_path):
-    from snakescope import steps
-
+    from snakescope.pipeline import steps
     folder, _, _ = segmented
     unknown = write_csv(tmp_path / "unknown.csv", "index,axis-0,axis-1,axis-2,class\n0,0,10,10,round\n1,1,12,12,mitotic\n")
     with pytest.raises(InputError) as info:
@@ -644,12 +644,11 @@ def test_class_truth_errors_name_file_and_row(segmented, tmp_path):
 
 
 def test_class_truth_sheet_column(tmp_path):
-    from snakescope import config
-
+    from snakescope import settings
     (tmp_path / "truth_a.csv").write_text("index,axis-0,axis-1\n0,1,1\n")
     sheet = tmp_path / "samples.tsv"
     sheet.write_text(f"sample_id\timage\taxes\tpoints\tclass_truth\ns1\t{tmp_path}/img.tif\tYX\t\t{tmp_path}/truth_*.csv\n")
-    _, samples, _ = config.load({"samples": str(sheet)})
+    _, samples, _ = settings.load({"samples": str(sheet)})
     assert samples["s1"].class_truth == f"{tmp_path}/truth_*.csv" and samples["s1"].points is None
     assert str(tmp_path / "truth_a.csv") in samples["s1"].input_files()
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from snakescope.config import ConfigError, load, validate_config
+from snakescope.settings import ConfigError, load, validate_config
 from snakescope.demo import SHEET_HEADER
 
 REPO = Path(__file__).resolve().parents[1]

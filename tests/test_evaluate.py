@@ -9,7 +9,7 @@ from stardist import data as stardist_data
 from stardist.matching import matching, matching_dataset
 
 from snakescope.errors import InputError
-from snakescope.evaluate import (DEFAULT_THRESHOLDS, class_metrics_table, foreground_overlap, instance_metrics,
+from snakescope.evaluation.instances import (DEFAULT_THRESHOLDS, class_metrics_table, foreground_overlap, instance_metrics,
                                  iou_thresholds, read_confusion, semantic_metrics, summarize, timelapse_metrics,
                                  write_class_scores, write_confusion, write_instance_metrics)
 

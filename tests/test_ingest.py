@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import tifffile
 
-from snakescope import ngff
+from snakescope.io import ngff
 from snakescope.errors import InputError
-from snakescope.ingest import ingest
+from snakescope.ingest.convert import ingest
 
 
 def read_level0(path):

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import tifffile
 
-from snakescope import ngff
+from snakescope.io import ngff
 from snakescope.errors import InputError
-from snakescope.ingest import ingest
-from snakescope.normalize import normalize
+from snakescope.ingest.convert import ingest
+from snakescope.ingest.normalize import normalize
 
 
 def make_image(tmp_path, data, axes, **kw):

@@ -14,7 +14,7 @@ import tifffile
 from scipy import ndimage
 
 from conftest import N2V_PYTHON, run_snakemake
-from snakescope import ngff
+from snakescope.io import ngff
 from snakescope.synthetic import camera_noise, make_timelapse, write_timelapse
 from test_workflow import SHEET_HEADER, write_config
 
@@ -131,6 +131,6 @@ def test_n2v_in_the_dag_feeds_segmentation(n2v_project):
     table = pd.read_csv(wd / "results" / "metrics" / "restoration.csv")
     assert list(table["sample"]) == ["blobs", "ALL"]
     assert np.isfinite(table.loc[0, ["psnr_input", "psnr_restored", "ssim_restored"]].astype(float)).all()
-    from snakescope.segment import read_labels_image
+    from snakescope.io.labels import read_labels_image
 
     assert read_labels_image(wd / "results" / "cells" / "labels.ome.zarr").shape[0] == timelapse.n_frames

@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from snakescope import ngff
+from snakescope.io import ngff
 from snakescope.errors import InputError
-from snakescope.restore import (
+from snakescope.restoration.restore import (
     MANIPULATORS,
     check_model,
     main,
@@ -30,7 +30,7 @@ from snakescope.restore import (
     train_care,
     train_n2v,
 )
-from snakescope.tiling import iter_blocks, predict_blockwise, receptive_halo, split_pad
+from snakescope.blockwise.dense import iter_blocks, predict_blockwise, receptive_halo, split_pad
 
 # Keras 3 converts tensors with np.array(x) inside fit (its own deprecation, not ours).
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword")
@@ -65,7 +65,8 @@ N2V_SCRIPT = r"""
 import json, shutil, sys
 from pathlib import Path
 import numpy as np
-from snakescope import ngff, restore
+from snakescope.io import ngff
+from snakescope.restoration import restore
 from snakescope.errors import InputError
 
 root = Path(sys.argv[1])
@@ -257,7 +258,7 @@ def test_receptive_halo_covers_csbdeep_table():
 
 
 def test_default_blocks_bound_memory_not_volume():
-    from snakescope.restore import default_block_shape
+    from snakescope.restoration.restore import default_block_shape
 
     for axes, shape, nd in [("tyx", (65, 4096, 4096), 2), ("tyx", (500, 256, 256), 2), ("zyx", (200, 4096, 4096), 3),
                             ("tczyx"[:1] + "zyx", (3, 40, 2048, 2048), 3)]:

@@ -9,12 +9,13 @@ import pandas as pd
 import pytest
 import tifffile
 
-from snakescope import segment
+from snakescope.segmentation import stardist as segment
+from snakescope.io import labels as labels_io
 from snakescope.errors import InputError
-from snakescope.ingest import ingest
-from snakescope.measure import measure
-from snakescope.normalize import normalize
-from snakescope.splits import make_or_load_split
+from snakescope.ingest.convert import ingest
+from snakescope.segmentation.measure import measure
+from snakescope.ingest.normalize import normalize
+from snakescope.training.splits import make_or_load_split
 
 pytestmark = pytest.mark.slow
 
@@ -68,7 +69,7 @@ def test_prediction_finds_the_real_nuclei(model, nuclei, tmp_path):
     folder, _, mask = nuclei
     out = tmp_path / "labels.ome.zarr"
     summary = segment.predict_stardist(model_dir, folder / "normalized.ome.zarr", out)
-    labels = segment.read_labels_image(out)
+    labels = labels_io.read_labels_image(out)
     assert labels.axes == "yx" and labels.data.dtype == np.uint32
     pred = labels.data[...]
     score = matching(mask, pred, thresh=0.5)
@@ -87,8 +88,8 @@ def test_blockwise_equals_whole_frame(model, nuclei, tmp_path):
     blocks = tmp_path / "blocks.ome.zarr"
     segment.predict_stardist(model_dir, folder / "normalized.ome.zarr", whole, block_size=1024)
     segment.predict_stardist(model_dir, folder / "normalized.ome.zarr", blocks, block_size=192, min_overlap=48, context=32)
-    a = segment.read_labels_image(whole).data[...]
-    b = segment.read_labels_image(blocks).data[...]
+    a = labels_io.read_labels_image(whole).data[...]
+    b = labels_io.read_labels_image(blocks).data[...]
     assert len(np.unique(b)) - 1 == len(set(np.unique(b)) - {0})  # labels unique
     score = matching(a, b, thresh=0.5)
     assert score.f1 > 0.97, score
@@ -110,8 +111,8 @@ def test_scattered_parts_join_into_the_single_job_labels(model, nuclei, tmp_path
     assert all(n > 0 for n in counts.values()) and sum(counts.values()) == single["objects_per_frame"]["0"]
     joined = segment.gather_stardist_parts(parts[::-1], image, tmp_path / "joined.ome.zarr")
     assert joined["objects_per_frame"] == single["objects_per_frame"] and joined["scattered_parts"] == 3
-    np.testing.assert_array_equal(segment.read_labels_image(tmp_path / "joined.ome.zarr").data[...],
-                                  segment.read_labels_image(tmp_path / "single.ome.zarr").data[...])
+    np.testing.assert_array_equal(labels_io.read_labels_image(tmp_path / "joined.ome.zarr").data[...],
+                                  labels_io.read_labels_image(tmp_path / "single.ome.zarr").data[...])
     with pytest.raises(InputError, match="not one complete set"):
         segment.gather_stardist_parts(parts[:2], image, tmp_path / "incomplete.ome.zarr")
     assert not (tmp_path / "incomplete.ome.zarr").exists()
@@ -135,7 +136,7 @@ def test_measurements_table(model, nuclei, tmp_path):
     segment.predict_stardist(model_dir, folder / "normalized.ome.zarr", labels_path)
     n = measure(labels_path, folder / "image.ome.zarr", tmp_path / "objects.parquet")
     table = pd.read_parquet(tmp_path / "objects.parquet")
-    labels = segment.read_labels_image(labels_path).data[...]
+    labels = labels_io.read_labels_image(labels_path).data[...]
     assert n == len(table) == len(np.unique(labels)) - 1
     assert {"t", "label", "y", "x", "area", "size_um", "bbox_min_y", "intensity_mean", "intensity_max", "eccentricity"} <= set(table.columns)
     first = table.iloc[0]

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import tifffile
 
-from snakescope.ctc import (
+from snakescope.tracking.ctc import (
     evaluate_ctc,
     evaluate_detections,
     mask_name,
@@ -20,7 +20,7 @@ from snakescope.ctc import (
 )
 from snakescope.errors import InputError
 from snakescope.synthetic import make_timelapse, write_timelapse
-from snakescope.tracking import (
+from snakescope.tracking.linking import (
     Tracks,
     detections_from_labels,
     link,

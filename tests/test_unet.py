@@ -12,8 +12,9 @@ from scipy import ndimage
 from stardist import data as stardist_data
 
 from snakescope.errors import InputError
-from snakescope.evaluate import instance_metrics
-from snakescope.unet import (CLASS_NAMES, UNet, architecture_for, build_keras_model, class_confusion,
+from snakescope.io import labels as labels_io
+from snakescope.evaluation.instances import instance_metrics
+from snakescope.segmentation.unet import (CLASS_NAMES, UNet, architecture_for, build_keras_model, class_confusion,
                              labels_to_classes, load_unet, normalize_percentile, patch_batches, predict_instances,
                              predict_probabilities, probabilities_to_classes, probabilities_to_instances, read_pairs,
                              receptive_field_radius, resolve_split, train_unet)
@@ -287,8 +288,8 @@ def test_class_confusion_against_the_training_targets():
 
 def test_predict_unet_keeps_the_class_map_next_to_the_labels(trained, nuclei_pairs, tmp_path):
     """segment's U-Net output: instances as before plus the class map, per time point; StarDist's unchanged."""
-    from snakescope import segment
-    from snakescope.ingest import ingest
+    from snakescope.segmentation import stardist as segment
+    from snakescope.ingest.convert import ingest
 
     out, _ = trained
     frames = np.stack([nuclei_pairs["q11"][0], nuclei_pairs["q01"][0]])  # T, Y, X (normalized)
@@ -296,8 +297,8 @@ def test_predict_unet_keeps_the_class_map_next_to_the_labels(trained, nuclei_pai
     ingest(tmp_path / "image.tif", "TYX", tmp_path / "image.ome.zarr", name="n", voxel_size={"y": 0.5, "x": 0.5},
            chunks={"y": 128, "x": 128})
     segment.predict_unet(out, tmp_path / "image.ome.zarr", tmp_path / "labels.ome.zarr", block_size=192)
-    labels = segment.read_labels_image(tmp_path / "labels.ome.zarr")
-    classes = segment.read_class_map(tmp_path / "labels.ome.zarr")
+    labels = labels_io.read_labels_image(tmp_path / "labels.ome.zarr")
+    classes = labels_io.read_class_map(tmp_path / "labels.ome.zarr")
     assert labels.data.dtype == np.uint32 and classes.data.dtype == np.uint8
     assert classes.axes == labels.axes == "tyx" and classes.shape == labels.shape == frames.shape
     assert classes.data.chunks == labels.data.chunks == (1, 128, 128)
@@ -309,13 +310,12 @@ def test_predict_unet_keeps_the_class_map_next_to_the_labels(trained, nuclei_pai
         assert np.array_equal(labels.data[t], probabilities_to_instances(prob, **model.postprocessing))
         assert {1, 2} <= set(np.unique(classes.data[t]))  # a trained net finds contours and bodies
     # without class names (StarDist): one labels image, and asking for a class map names the folder
-    segment.write_label_image(tmp_path / "image.ome.zarr", tmp_path / "plain.ome.zarr", lambda frame, out: 0)
-    from snakescope import ngff
-
+    labels_io.write_label_image(tmp_path / "image.ome.zarr", tmp_path / "plain.ome.zarr", lambda frame, out: 0)
+    from snakescope.io import ngff
     assert ngff.open_group(tmp_path / "plain.ome.zarr").attrs["labels"] == ["segmentation"]
     assert not (tmp_path / "plain.ome.zarr" / "labels" / "classes").exists()
     with pytest.raises(InputError, match="no U-Net class map") as err:
-        segment.read_class_map(tmp_path / "plain.ome.zarr")
+        labels_io.read_class_map(tmp_path / "plain.ome.zarr")
     assert "plain.ome.zarr" in str(err.value)
 
 

@@ -9,9 +9,9 @@ import tifffile
 import yaml
 
 from conftest import REPO, run_snakemake
-from snakescope.segment import read_class_map, read_labels_image
+from snakescope.io.labels import read_class_map, read_labels_image
 from snakescope.synthetic import make_timelapse, write_timelapse
-from snakescope.unet import CLASS_NAMES, labels_to_classes
+from snakescope.segmentation.unet import CLASS_NAMES, labels_to_classes
 
 pytestmark = pytest.mark.slow
 

@@ -15,7 +15,7 @@ import tifffile
 import yaml
 
 from conftest import MAIN_PYTHON, REPO, run_snakemake
-from snakescope import ngff
+from snakescope.io import ngff
 from snakescope.synthetic import make_timelapse, write_timelapse
 
 pytestmark = pytest.mark.slow

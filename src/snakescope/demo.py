@@ -38,7 +38,7 @@ def noisy_nuclei_2d(folder: Path, clean_image, seed: int = 3) -> dict:
     import numpy as np
     import tifffile
 
-    from .synthetic import camera_noise
+    from snakescope.synthetic import camera_noise
 
     clean = tifffile.imread(clean_image).astype(np.float64)
     noisy = camera_noise(clean / clean.max(), NOISY_PEAK, NOISY_READ_NOISE, np.random.default_rng(seed))
@@ -50,7 +50,7 @@ def noisy_nuclei_2d(folder: Path, clean_image, seed: int = 3) -> dict:
 
 def make_demo_data(root: str | Path, sheet: str | Path | None = None) -> list[dict]:
     """Write the demo samples under ``root`` and, if given, a samples sheet listing them."""
-    from .synthetic import make_timelapse, write_timelapse
+    from snakescope.synthetic import make_timelapse, write_timelapse
 
     root = Path(root)
     rows = []
@@ -78,7 +78,7 @@ def make_demo_data(root: str | Path, sheet: str | Path | None = None) -> list[di
 
 
 def write_sheet(rows: list[dict], sheet: str | Path) -> None:
-    from .atomic import write_text
+    from snakescope.io.atomic import write_text
 
     lines = ["\t".join(SHEET_HEADER)]
     for row in rows:

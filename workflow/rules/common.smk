@@ -10,7 +10,7 @@ from snakemake_interface_executor_plugins.settings import DeploymentMethod
 REPO = Path(workflow.basedir).parent
 sys.path.insert(0, str(REPO / "src"))
 
-from snakescope.config import load  # noqa: E402
+from snakescope.settings import load  # noqa: E402
 
 _validated, SAMPLES, _warnings = load(config, "config")
 config.update(_validated)
@@ -61,7 +61,7 @@ def section_json(name):
 def existing_files(pattern):
     """The files of a TIFF path or glob that exist: a missing one fails that sample's job,
     not the DAG."""
-    from snakescope.tiff import expand_image_path
+    from snakescope.io.tiff import expand_image_path
 
     return [str(p) for p in expand_image_path(pattern) if p.exists()]
 
@@ -316,7 +316,7 @@ def classifier_patch_inputs(ndim):
     """The patch folder and its patch files, so that an added, changed or removed patch
     retrains the classifier (a folder's own mtime misses changes inside its subfolders).
     """
-    from snakescope.classify import PATCH_EXTENSIONS
+    from snakescope.classification.classify import PATCH_EXTENSIONS
 
     folder = classifier_patch_folder(ndim)
     if not folder:
@@ -330,7 +330,7 @@ def classifier_patch_inputs(ndim):
 
 def annotation_files(spec):
     """The CSV files a points / class_truth entry names (a file, a glob or a folder) that exist."""
-    from snakescope.tiff import expand_image_path
+    from snakescope.io.tiff import expand_image_path
 
     if not spec:
         return []

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import numpy as np
 
-from . import ngff
-from .atomic import atomic_path
-from .frames import frames, spatial_axes
+from snakescope.io import ngff
+from snakescope.io.atomic import atomic_path
+from snakescope.io.frames import frames, spatial_axes
 
 PROPS_2D = ("label", "centroid", "area", "bbox", "intensity_mean", "intensity_max", "eccentricity",
             "solidity", "perimeter", "axis_major_length", "axis_minor_length", "orientation")
@@ -38,7 +38,7 @@ def measure(labels_path, image_path, out_path, *, channel: int = 0) -> int:
     """objects.parquet for a labels NGFF (from segmentation) and its raw intensity image."""
     import pandas as pd
 
-    from .segment import read_labels_image
+    from snakescope.io.labels import read_labels_image
 
     labels_image = read_labels_image(labels_path)
     image = ngff.read_image(image_path)

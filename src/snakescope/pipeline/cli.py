@@ -14,7 +14,7 @@ import sys
 import time
 from typing import Callable
 
-from .errors import InputError
+from snakescope.errors import InputError
 
 
 def parser(description: str) -> argparse.ArgumentParser:

@@ -62,10 +62,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from . import ngff
-from .atomic import atomic_path
-from .errors import InputError
-from .tiling import predict_blockwise, receptive_halo
+from snakescope.io import ngff
+from snakescope.io.atomic import atomic_path
+from snakescope.errors import InputError
+from snakescope.blockwise.dense import predict_blockwise, receptive_halo
 
 log = logging.getLogger(__name__)
 
@@ -580,7 +580,7 @@ def _check_schedule(kind) -> None:
 def _fit(model, batches, validation, *, epochs, steps_per_epoch, learning_rate, lr_schedule, patience,
          deadline, logdir: Path) -> dict:
     """Fit a prepared csbdeep/n2v model; write weights_best/last.h5, training.csv and .png."""
-    from .curves import plot_curves
+    from snakescope.training.curves import plot_curves
 
     callbacks = list(model.callbacks)
     callbacks.append(_make_schedule_callback(lr_schedule, learning_rate, epochs * steps_per_epoch, deadline))
@@ -1246,7 +1246,7 @@ def _run(command: str, args: dict) -> dict:
         out = args.pop("out", None)
         result = restoration_metrics(args.pop("source"), args.pop("restored"), args.pop("target"), **args)
         if out:
-            from .atomic import write_json
+            from snakescope.io.atomic import write_json
 
             write_json(out, result)
         return result
@@ -1266,7 +1266,7 @@ def main(argv=None) -> int:
     """
     import argparse
 
-    from .cli import setup_logging
+    from snakescope.pipeline.cli import setup_logging
 
     p = argparse.ArgumentParser(prog="python -m snakescope.restore", description=main.__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)

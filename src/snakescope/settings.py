@@ -13,7 +13,7 @@ from pathlib import Path
 
 import yaml
 
-from .tiff import AXES_LETTERS, expand_image_path
+from snakescope.io.tiff import AXES_LETTERS, expand_image_path
 
 SCHEMA_DIR = Path(__file__).resolve().parents[2] / "workflow" / "schemas"
 SHEET_COLUMNS = ("sample_id", "image", "axes", "voxel_size", "time_interval", "channel",
@@ -46,7 +46,7 @@ class Sample:
         """2 or 3, from the axes (or, where the sheet leaves them out, the file's metadata)."""
         axes = self.axes
         if not axes:
-            from .tiff import open_tiff
+            from snakescope.io.tiff import open_tiff
 
             try:
                 axes = open_tiff(self.image, None).axes

@@ -84,8 +84,8 @@ from typing import Iterable, Sequence
 import numpy as np
 import pandas as pd
 
-from .atomic import atomic_path, write_json
-from .errors import InputError
+from snakescope.io.atomic import atomic_path, write_json
+from snakescope.errors import InputError
 
 log = logging.getLogger(__name__)
 
@@ -1223,7 +1223,7 @@ def train_classifier(
     if checkpoint.best_epoch < 0:  # no finite validation loss: keep the last weights as best
         _save_weights(model, out_dir / BEST_WEIGHTS)
     if (out_dir / LOG_NAME).is_file():
-        from .curves import plot_curves
+        from snakescope.training.curves import plot_curves
 
         plot_curves(out_dir / LOG_NAME, out_dir / CURVES_NAME, title=f"classifier ({', '.join(class_names)})"[:120])
     epochs_run = len(history.history.get("loss", []))

@@ -39,7 +39,7 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from snakescope.atomic import atomic_path
+from snakescope.io.atomic import atomic_path
 from snakescope.errors import InputError
 
 __all__ = [

@@ -36,8 +36,8 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from .atomic import atomic_path, write_json
-from .errors import InputError
+from snakescope.io.atomic import atomic_path, write_json
+from snakescope.errors import InputError
 
 log = logging.getLogger(__name__)
 
@@ -476,7 +476,7 @@ def probabilities_to_classes(prob, *, band_pixels: int = 1 << 22) -> np.ndarray:
 
 def _time_point(array, t: int):
     """A writable view of time point ``t`` of a NumPy array, Zarr array or frame view."""
-    from .frames import FrameView
+    from snakescope.io.frames import FrameView
 
     if isinstance(array, np.ndarray):
         return array[t]
@@ -518,7 +518,7 @@ def class_confusion(labels, class_map, *, time_axis: int | None = None, where: s
     added up; ``class_map`` may then be a Zarr array, read one frame at a time. Shape, dtype
     and class-id problems raise :class:`InputError` naming ``where`` / ``pred_where``.
     """
-    from .evaluate import semantic_metrics
+    from snakescope.evaluation.instances import semantic_metrics
 
     if time_axis is not None:
         labels = np.moveaxis(np.asarray(labels), time_axis, 0)
@@ -637,7 +637,7 @@ def resolve_split(keys, out_dir: str | Path, save_dir: str | Path, *, split: Map
     their name, known ones never move). The split used is saved as
     ``<save_dir>/split.json`` (and in ``split_file`` when given).
     """
-    from .splits import make_or_load_split
+    from snakescope.training.splits import make_or_load_split
 
     keys = sorted(keys)
     save_dir = Path(save_dir)
@@ -669,7 +669,7 @@ def resolve_split(keys, out_dir: str | Path, save_dir: str | Path, *, split: Map
 
 def _optimize_postprocessing(probs, labels, base: dict) -> tuple[dict, float]:
     """Body/foreground thresholds maximising the dataset F1 at IoU 0.5 on validation images."""
-    from .evaluate import instance_metrics, summarize
+    from snakescope.evaluation.instances import instance_metrics, summarize
 
     best, best_f1 = dict(base), -1.0
     for bt in THRESHOLD_GRID:
@@ -731,8 +731,8 @@ def train_unet(pairs, out_dir: str | Path, *, split: dict | None = None, split_f
 
     import keras
 
-    from .curves import plot_curves
-    from .evaluate import instance_metrics, semantic_metrics, summarize, write_confusion, write_instance_metrics
+    from snakescope.training.curves import plot_curves
+    from snakescope.evaluation.instances import instance_metrics, semantic_metrics, summarize, write_confusion, write_instance_metrics
 
     out_dir = Path(out_dir)
     keras.utils.set_random_seed(seed)

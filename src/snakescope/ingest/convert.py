@@ -7,10 +7,10 @@ from pathlib import Path
 
 import numpy as np
 
-from . import ngff
-from .atomic import atomic_path
-from .errors import InputError
-from .tiff import open_tiff
+from snakescope.io import ngff
+from snakescope.io.atomic import atomic_path
+from snakescope.errors import InputError
+from snakescope.io.tiff import open_tiff
 
 log = logging.getLogger(__name__)
 

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-from . import ngff
-from .atomic import atomic_path, write_json
-from .errors import InputError
+from snakescope.io import ngff
+from snakescope.io.atomic import atomic_path, write_json
+from snakescope.errors import InputError
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ import hashlib
 import json
 from pathlib import Path
 
-from .atomic import write_json
+from snakescope.io.atomic import write_json
 
 
 def _unit_hash(key: str, seed: int) -> float:

@@ -28,8 +28,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .atomic import atomic_path
-from .errors import InputError
+from snakescope.io.atomic import atomic_path
+from snakescope.errors import InputError
 
 __all__ = [
     "COUNT_COLUMNS",

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import numpy as np
 
-from . import ngff
-from .atomic import atomic_path
-from .frames import frames
+from snakescope.io import ngff
+from snakescope.io.atomic import atomic_path
+from snakescope.io.frames import frames
 
 
 def _middle_plane(array, index, spatial_ndim: int) -> np.ndarray:
@@ -46,7 +46,7 @@ def segmentation_overlay(image_path, labels_path, out_png, *, channel: int = 0, 
     import matplotlib.pyplot as plt
     from skimage.segmentation import find_boundaries
 
-    from .segment import read_labels_image
+    from snakescope.io.labels import read_labels_image
 
     image = ngff.read_image(image_path)
     labels = read_labels_image(labels_path)

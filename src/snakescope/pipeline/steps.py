@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from . import cli
-from .atomic import write_json
+from snakescope.pipeline import cli
+from snakescope.io.atomic import write_json
 
 
 def ingest_arguments(p):
@@ -21,7 +21,7 @@ def ingest_arguments(p):
 def ingest_step(args):
     """TIFF -> exact OME-Zarr -> normalized OME-Zarr: one job per image, since Snakemake's
     planning time grows with the number of jobs (profiles/slurm/README.md, Scale)."""
-    from .ingest import ingest
+    from snakescope.ingest.convert import ingest
 
     s, cfg = args.sample, args.ingest_settings
     ingest(s["image"], s.get("axes"), args.image, name=s["sample_id"], voxel_size=s.get("voxel_size"),
@@ -34,7 +34,7 @@ def ingest_step(args):
 def normalize_step(args):
     """args.image (OME-Zarr) -> args.out normalized, args.stats; settings from args.settings
     (normalize section) and args.ingest_settings (storage)."""
-    from .normalize import normalize
+    from snakescope.ingest.normalize import normalize
 
     cfg, ing = args.settings, args.ingest_settings
     normalize(args.image, args.out, args.stats, method=cfg.get("method", "percentile"),
@@ -61,9 +61,9 @@ def prepare_target_step(args):
     """Ingest and normalize a sample's clean target like its image; check the shapes match."""
     import tempfile
 
-    from . import ngff
-    from .errors import InputError
-    from .ingest import ingest
+    from snakescope.io import ngff
+    from snakescope.errors import InputError
+    from snakescope.ingest.convert import ingest
 
     s, ing = args.sample, args.ingest_settings
     out = Path(args.out)
@@ -104,8 +104,8 @@ def train_restoration_arguments(p):
 
 
 def train_restoration_step(args):
-    from . import restore
-    from .errors import InputError
+    from snakescope.restoration import restore
+    from snakescope.errors import InputError
 
     if not args.sources:
         raise InputError(args.out, f"no samples to train a {args.ndim}D {args.method.upper()} model on "
@@ -136,8 +136,7 @@ def restore_arguments(p):
 
 
 def restore_step(args):
-    from . import restore
-
+    from snakescope.restoration import restore
     ing = args.ingest_settings
     restore.predict(args.model, args.method, args.image, args.out, channel=args.channel,
                     block_shape=args.settings.get("block_shape"), compression=ing.get("compression", "lz4"),
@@ -156,8 +155,8 @@ def evaluate_restoration_arguments(p):
 def evaluate_restoration_step(args):
     import pandas as pd
 
-    from . import restore
-    from .atomic import atomic_path
+    from snakescope.restoration import restore
+    from snakescope.io.atomic import atomic_path
 
     metrics = restore.restoration_metrics(args.image, args.restored, args.target, channel=args.channel)
     with atomic_path(args.out) as tmp:
@@ -174,7 +173,7 @@ def qc_restoration_arguments(p):
 
 
 def qc_restoration_step(args):
-    from .qc import restoration_before_after
+    from snakescope.report.qc import restoration_before_after
 
     restoration_before_after(args.image, args.restored, args.out, target_path=args.target, channel=args.channel,
                              title=args.title)
@@ -189,7 +188,7 @@ def provenance_arguments(p):
 
 
 def provenance_step(args):
-    from .provenance import record
+    from snakescope.report.provenance import record
 
     config = json.loads(args.config.read_text())
     write_json(args.out, record(args.sample, config, args.inputs, args.repo))
@@ -211,11 +210,11 @@ def summary_arguments(p):
 
 
 def summary_step(args):
-    from .summary import summarize
+    from snakescope.report.summary import summarize
 
     text = summarize(args.samples, Path(args.results))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    from .atomic import write_text
+    from snakescope.io.atomic import write_text
 
     write_text(args.out, text)
     print(text)
@@ -230,7 +229,7 @@ def copy_for_report(source: Path, dest: str | None) -> None:
     nested inside a directory output would be created before the folder is complete."""
     import shutil
 
-    from .atomic import atomic_path
+    from snakescope.io.atomic import atomic_path
 
     if dest:
         with atomic_path(dest) as tmp:
@@ -256,8 +255,8 @@ def train_stardist_arguments(p):
 
 
 def _training_pairs(args):
-    from . import segment
-    from .splits import make_or_load_split
+    from snakescope.segmentation import stardist as segment
+    from snakescope.training.splits import make_or_load_split
 
     pairs = {}
     for src in args.sources:
@@ -267,8 +266,7 @@ def _training_pairs(args):
 
 
 def train_unet_step(args):
-    from . import unet
-
+    from snakescope.segmentation import unet
     pairs, split = _training_pairs(args)
     ndim = next(iter(pairs.values()))[0].ndim
     cfg = dict(args.settings.get("unet", {}))
@@ -283,8 +281,7 @@ def train_unet_step(args):
 
 
 def train_stardist_step(args):
-    from . import segment
-
+    from snakescope.segmentation import stardist as segment
     cfg = args.settings
     pairs, split = _training_pairs(args)
     ndim = next(iter(pairs.values()))[0].ndim
@@ -314,8 +311,7 @@ def segment_arguments(p):
 
 
 def segment_step(args):
-    from . import segment
-
+    from snakescope.segmentation import stardist as segment
     cfg = args.settings
     if cfg.get("method") == "unet":
         segment.predict_unet(args.model, args.image, args.out, channel=args.channel,
@@ -342,7 +338,7 @@ def measure_arguments(p):
 
 
 def measure_step(args):
-    from .measure import measure
+    from snakescope.segmentation.measure import measure
 
     measure(args.labels, args.image, args.out, channel=args.channel)
 
@@ -356,7 +352,7 @@ def qc_overlay_arguments(p):
 
 
 def qc_overlay_step(args):
-    from .qc import segmentation_overlay
+    from snakescope.report.qc import segmentation_overlay
 
     segmentation_overlay(args.image, args.labels, args.out, channel=args.channel, title=args.title)
 
@@ -384,15 +380,15 @@ def _class_outputs(args) -> bool:
 
 
 def evaluate_segmentation_step(args):
-    from . import evaluate
-    from .atomic import atomic_path
-    from .segment import read_labels, read_labels_image
+    from snakescope.evaluation import instances as evaluate
+    from snakescope.io.atomic import atomic_path
+    from snakescope.io.labels import read_labels, read_labels_image
 
     pred = read_labels_image(args.labels)
     truth = read_labels(args.truth, pred.shape, f"sample {args.sample} ({args.labels})")
     if _class_outputs(args):  # U-Net: its class map against the classes of the true labels
-        from . import unet
-        from .segment import read_class_map
+        from snakescope.segmentation import unet
+        from snakescope.io.labels import read_class_map
 
         classes = read_class_map(args.labels)
         cm = unet.class_confusion(truth, classes.data, time_axis=0 if "t" in classes.axes else None,
@@ -423,17 +419,16 @@ def gather_metrics_step(args):
     """Per-sample metrics plus the sum over samples (counts added, ratios recomputed)."""
     import pandas as pd
 
-    from .atomic import atomic_path
+    from snakescope.io.atomic import atomic_path
 
     if args.kind == "segmentation":
-        from . import evaluate
-
+        from snakescope.evaluation import instances as evaluate
         tables = {Path(p).parent.name: pd.read_csv(p) for p in args.inputs}
         total = evaluate.summarize({k: t.drop(columns=["sample"]) for k, t in tables.items()})
         total.insert(0, "sample", "ALL")
         result = pd.concat([*tables.values(), total], ignore_index=True)
         if _class_outputs(args):  # U-Net pixel classes: confusion counts added, then scored
-            from .unet import CLASS_NAMES
+            from snakescope.segmentation.unet import CLASS_NAMES
 
             matrices = {Path(p).parent.name: evaluate.read_confusion(p, CLASS_NAMES) for p in args.class_inputs}
             evaluate.write_class_scores(matrices, CLASS_NAMES, args.class_confusion, args.class_metrics, args.class_plot,
@@ -446,7 +441,7 @@ def gather_metrics_step(args):
         result = pd.concat([result, pd.DataFrame([{"sample": "ALL", "data_range_rule": "mean over samples",
                                                    **mean.to_dict()}])], ignore_index=True)
     elif args.kind == "classification":
-        from .classify import pool_classification_metrics
+        from snakescope.classification.classify import pool_classification_metrics
 
         # class names as text ("NA" is a class name here, not a missing value)
         tables = {Path(p).parent.name: pd.read_csv(p, dtype={"sample": str, "class_name": str}, keep_default_na=False,
@@ -455,7 +450,7 @@ def gather_metrics_step(args):
                   for p in args.inputs}
         result = pool_classification_metrics(tables)
     else:
-        from .ctc import summarize_metrics
+        from snakescope.tracking.ctc import summarize_metrics
 
         per_sample = {Path(p).parent.name: json.loads(Path(p).read_text()) for p in args.inputs}
         summary = summarize_metrics(per_sample)
@@ -479,14 +474,14 @@ def track_arguments(p):
 
 
 def track_step(args):
-    from . import ngff
-    from .atomic import atomic_path
-    from .ctc import write_ctc_result
-    from .errors import InputError
-    from .frames import ChannelStack
-    from .qc import track_plot
-    from .segment import read_labels_image
-    from .tracking import detections_from_labels, link, summarize_tracks, track_statistics
+    from snakescope.io import ngff
+    from snakescope.io.atomic import atomic_path
+    from snakescope.tracking.ctc import write_ctc_result
+    from snakescope.errors import InputError
+    from snakescope.io.frames import ChannelStack
+    from snakescope.report.qc import track_plot
+    from snakescope.io.labels import read_labels_image
+    from snakescope.tracking.linking import detections_from_labels, link, summarize_tracks, track_statistics
 
     cfg = args.settings
     labels = read_labels_image(args.labels)
@@ -517,7 +512,7 @@ def evaluate_tracking_arguments(p):
 
 
 def evaluate_tracking_step(args):
-    from .ctc import evaluate_ctc
+    from snakescope.tracking.ctc import evaluate_ctc
 
     write_json(args.out, evaluate_ctc(args.result, args.truth))
 
@@ -532,8 +527,10 @@ def train_classifier_arguments(p):
 def train_classifier_step(args):
     import numpy as np
 
-    from . import classify, ngff
-    from .errors import InputError
+    from snakescope.classification import classify
+
+    from snakescope.io import ngff
+    from snakescope.errors import InputError
 
     cfg = args.settings
     time_window = int(cfg.get("time_window", 0))
@@ -581,9 +578,9 @@ def evaluate_classification_step(args):
     """Truth points -> the objects under them -> per-class metrics and a confusion matrix."""
     import pandas as pd
 
-    from . import classify
-    from .atomic import atomic_path
-    from .segment import read_labels_image
+    from snakescope.classification import classify
+    from snakescope.io.atomic import atomic_path
+    from snakescope.io.labels import read_labels_image
 
     class_names = classify.classifier_class_names(args.model)
     labels = read_labels_image(args.labels)
@@ -607,8 +604,10 @@ def classify_arguments(p):
 def classify_step(args):
     import pandas as pd
 
-    from . import classify, ngff
-    from .atomic import atomic_path
+    from snakescope.classification import classify
+
+    from snakescope.io import ngff
+    from snakescope.io.atomic import atomic_path
 
     objects = pd.read_parquet(args.objects)
     if args.model not in ("", "none") and len(objects):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .atomic import atomic_path
+from snakescope.io.atomic import atomic_path
 
 
 def plot_curves(csv_path: str | Path, png_path: str | Path, title: str = "") -> None:
