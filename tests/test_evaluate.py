@@ -9,9 +9,10 @@ from stardist import data as stardist_data
 from stardist.matching import matching, matching_dataset
 
 from snakescope.errors import InputError
-from snakescope.evaluation.instances import (DEFAULT_THRESHOLDS, class_metrics_table, foreground_overlap, instance_metrics,
-                                 iou_thresholds, read_confusion, semantic_metrics, summarize, timelapse_metrics,
-                                 write_class_scores, write_confusion, write_instance_metrics)
+from snakescope.evaluation.classes import (class_metrics_table, read_confusion, semantic_metrics, write_class_scores,
+                                          write_confusion)
+from snakescope.evaluation.instances import (DEFAULT_THRESHOLDS, foreground_overlap, instance_metrics, iou_thresholds,
+                                            summarize, timelapse_metrics, write_instance_metrics)
 
 STARDIST_FIELDS = ("tp", "fp", "fn", "n_true", "n_pred", "precision", "recall", "accuracy", "f1",
                    "panoptic_quality", "mean_true_score", "mean_matched_score")

@@ -518,7 +518,7 @@ def class_confusion(labels, class_map, *, time_axis: int | None = None, where: s
     added up; ``class_map`` may then be a Zarr array, read one frame at a time. Shape, dtype
     and class-id problems raise :class:`InputError` naming ``where`` / ``pred_where``.
     """
-    from snakescope.evaluation.instances import semantic_metrics
+    from snakescope.evaluation.classes import semantic_metrics
 
     if time_axis is not None:
         labels = np.moveaxis(np.asarray(labels), time_axis, 0)
@@ -732,7 +732,8 @@ def train_unet(pairs, out_dir: str | Path, *, split: dict | None = None, split_f
     import keras
 
     from snakescope.training.curves import plot_curves
-    from snakescope.evaluation.instances import instance_metrics, semantic_metrics, summarize, write_confusion, write_instance_metrics
+    from snakescope.evaluation.classes import semantic_metrics, write_confusion
+    from snakescope.evaluation.instances import instance_metrics, summarize, write_instance_metrics
 
     out_dir = Path(out_dir)
     keras.utils.set_random_seed(seed)
