@@ -11,6 +11,7 @@ import tifffile
 from snakescope.io import ngff
 from snakescope.errors import InputError
 from snakescope.ingest.convert import ingest
+from snakescope.settings import defaults
 
 
 def read_level0(path):
@@ -21,7 +22,7 @@ def test_tzyx_values_exact_and_metadata(tzyx_stack, tmp_path):
     path, data = tzyx_stack
     out = tmp_path / "img.ome.zarr"
     summary = ingest(path, "TZYX", out, name="s", voxel_size={"z": 2.0, "y": 0.5, "x": 0.25, "t": 60},
-                     chunks={"z": 2, "y": 32, "x": 32}, pyramid_levels=2)
+                     settings=defaults().ingest.replace(chunks={"z": 2, "y": 32, "x": 32}, pyramid_levels=2))
     image = ngff.read_image(out)
     assert image.axes == "tzyx"
     np.testing.assert_array_equal(image.data[...], data)
@@ -43,7 +44,7 @@ def test_axes_are_reordered_to_ngff_order(tmp_path, rng):
     path = tmp_path / "zcyx.tif"
     tifffile.imwrite(path, data, imagej=True, metadata={"axes": "ZCYX"})
     out = tmp_path / "o.ome.zarr"
-    ingest(path, "ZCYX", out, name="s", pyramid_levels=0)
+    ingest(path, "ZCYX", out, name="s", settings=defaults().ingest.replace(pyramid_levels=0))
     image = ngff.read_image(out)
     assert image.axes == "czyx"
     np.testing.assert_array_equal(image.data[...], np.transpose(data, (1, 0, 2, 3)))
@@ -68,7 +69,7 @@ def test_compressed_and_tiled_tiff(tmp_path, rng):
     data = rng.integers(0, 60000, size=(3, 256, 200), dtype=np.uint16)
     path = tmp_path / "tiled.ome.tif"
     tifffile.imwrite(path, data, tile=(64, 64), compression="zlib", metadata={"axes": "ZYX"})
-    ingest(path, "ZYX", tmp_path / "o.ome.zarr", name="s", chunks={"z": 2, "y": 64, "x": 64})
+    ingest(path, "ZYX", tmp_path / "o.ome.zarr", name="s", settings=defaults().ingest.replace(chunks={"z": 2, "y": 64, "x": 64}))
     np.testing.assert_array_equal(read_level0(tmp_path / "o.ome.zarr"), data)
 
 
@@ -85,7 +86,7 @@ def test_readable_by_ome_zarr_py(tzyx_stack, tmp_path):
 
     path, data = tzyx_stack
     out = tmp_path / "o.ome.zarr"
-    ingest(path, "TZYX", out, name="s", voxel_size={"z": 1, "y": 0.5, "x": 0.5}, chunks={"y": 32, "x": 32}, pyramid_levels=1)
+    ingest(path, "TZYX", out, name="s", voxel_size={"z": 1, "y": 0.5, "x": 0.5}, settings=defaults().ingest.replace(chunks={"z": 16, "y": 32, "x": 32}, pyramid_levels=1))
     nodes = list(Reader(parse_url(str(out)))())
     assert nodes and nodes[0].load(Multiscales)
     arrays = nodes[0].data

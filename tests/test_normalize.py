@@ -12,19 +12,21 @@ from snakescope.io import ngff
 from snakescope.errors import InputError
 from snakescope.ingest.convert import ingest
 from snakescope.ingest.normalize import normalize
+from snakescope.settings import defaults
 
 
 def make_image(tmp_path, data, axes, **kw):
     tif = tmp_path / "in.tif"
     tifffile.imwrite(tif, data, photometric="minisblack")
     out = tmp_path / "image.ome.zarr"
-    ingest(tif, axes, out, name="s", chunks=kw.pop("chunks", {"z": 2, "y": 16, "x": 16}), **kw)
+    chunks = kw.pop("chunks", {"z": 2, "y": 16, "x": 16})
+    ingest(tif, axes, out, name="s", settings=defaults().ingest.replace(chunks=chunks, **kw))
     return out
 
 
 def run(tmp_path, image, **kw):
     out, stats = tmp_path / "norm.ome.zarr", tmp_path / "normalization.json"
-    result = normalize(image, out, stats, **kw)
+    result = normalize(image, out, stats, settings=defaults().normalize.replace(**kw))
     return ngff.read_image(out), result, json.loads(stats.read_text())
 
 
@@ -113,11 +115,12 @@ def test_constant_after_masking_is_an_error(tmp_path):
     data[0, 0] = 10
     image = make_image(tmp_path, data, "YX")
     with pytest.raises(InputError, match="nearly constant"):
-        normalize(image, tmp_path / "n.ome.zarr", tmp_path / "n.json", low=1, high=98, scope="image")
+        normalize(image, tmp_path / "n.ome.zarr", tmp_path / "n.json",
+                  settings=defaults().normalize.replace(low=1, high=98, scope="image"))
     assert not (tmp_path / "n.ome.zarr").exists()
 
 
 def test_bad_percentiles(tmp_path, rng):
     image = make_image(tmp_path, rng.integers(1, 50, (20, 20), dtype=np.uint16), "YX")
     with pytest.raises(InputError, match="low < high"):
-        normalize(image, tmp_path / "n.ome.zarr", tmp_path / "n.json", low=90, high=10)
+        normalize(image, tmp_path / "n.ome.zarr", tmp_path / "n.json", settings=defaults().normalize.replace(low=90, high=10))

@@ -11,10 +11,10 @@ from snakescope.io import ngff
 from snakescope.io.atomic import atomic_path
 from snakescope.errors import InputError
 from snakescope.io.tiff import open_tiff
+from snakescope.settings import Ingest, defaults
 
 log = logging.getLogger(__name__)
 
-DEFAULT_CHUNKS = {"z": 16, "y": 512, "x": 512}
 
 
 class _Stats:
@@ -24,12 +24,14 @@ class _Stats:
         self.min = np.inf
         self.max = -np.inf
         self.nan = 0
+        self.inf = 0
         self.count = 0
 
     def add(self, block: np.ndarray) -> None:
         if block.dtype.kind == "f":
             nans = int(np.count_nonzero(np.isnan(block)))
             self.nan += nans
+            self.inf += int(np.count_nonzero(np.isinf(block)))
             if nans == block.size:
                 return
             lo, hi = np.nanmin(block), np.nanmax(block)
@@ -47,23 +49,24 @@ def ingest(
     *,
     name: str,
     voxel_size: dict | None = None,
-    chunks: dict | None = None,
-    pyramid_levels: int | str = "auto",
-    compression: str = "lz4",
-    pyramid_method: str = "nearest",
+    settings: Ingest | None = None,
     threads: int = 2,
 ) -> dict:
     """Copy a sample's TIFF data into ``out`` as an OME-NGFF image; return its summary.
 
-    Raises InputError (naming the file) for unreadable, truncated, mis-described, empty,
-    constant or NaN-holding data; ``out`` then does not exist.
+    ``settings``: chunks, pyramid and compression (the config's ``ingest`` section; None:
+    the schema's defaults). Raises InputError (naming the file) for unreadable, truncated,
+    mis-described, empty, constant, NaN- or infinity-holding data; ``out`` then does not exist.
     """
+    settings = settings or defaults().ingest
+    chunks, pyramid_levels = settings.chunks, settings.pyramid_levels
+    compression, pyramid_method = settings.compression, settings.pyramid_method
     source = open_tiff(image, axes)
     src_axes = source.axes.lower()
     axes_out = ngff.canonical_axes(src_axes)
     order = [src_axes.index(a) for a in axes_out]
     shape = tuple(source.shape[i] for i in order)
-    chunk_shape = ngff.default_chunks(axes_out, shape, {**DEFAULT_CHUNKS, **(chunks or {})})
+    chunk_shape = ngff.default_chunks(axes_out, shape, chunks)
     dtype = source.dtype
     where = source.where
     stats = _Stats()
@@ -90,8 +93,10 @@ def ingest(
         regions = ngff.pyramid_slabs(axes_out, shape, levels[min(1, len(levels) - 1)].chunks, dtype.itemsize)
         for block in ngff.map_blocks_bounded(copy, regions, workers):
             stats.add(block)
-        if stats.nan:
-            raise InputError(where, f"{stats.nan} NaN values in the float image data; replace them (e.g. by the mask value) before analysis")
+        if stats.nan or stats.inf:
+            what = " and ".join(f"{n} {kind}" for n, kind in ((stats.nan, "NaN"), (stats.inf, "infinite")) if n)
+            raise InputError(where, f"{what} values in the float image data; replace them (e.g. by the mask value) "
+                                    "before analysis")
         if stats.count == 0 or stats.min == stats.max:
             raise InputError(where, f"constant image: every pixel is {stats.min:g}; nothing to analyse")
         ngff.write_pyramid(group, axes_out, shapes, chunk_shape, dtype, compression, workers, pyramid_method, first=2)

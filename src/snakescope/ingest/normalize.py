@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from snakescope.io import ngff
+from snakescope.settings import Ingest, Normalize, defaults
 from snakescope.io.atomic import atomic_path, write_json
 from snakescope.errors import InputError
 
@@ -180,11 +181,15 @@ def _describe(key) -> str:
 
 
 def normalize(in_path: str | Path, out_path: str | Path, stats_path: str | Path, *,
-              method: str = "percentile", low: float = 1.0, high: float = 99.8,
-              scope: str = "channel", mask_value=0, clip: bool = False,
-              compression: str = "lz4", pyramid_levels="auto", pyramid_method: str = "nearest",
-              threads: int = 2) -> dict:
-    """Write a float32 normalized copy of an NGFF image and the statistics used (JSON)."""
+              settings: Normalize | None = None, storage: Ingest | None = None, threads: int = 2) -> dict:
+    """Write a float32 normalized copy of an NGFF image and the statistics used (JSON).
+
+    ``settings``: the config's ``normalize`` section, ``storage``: its ``ingest`` section
+    (compression, pyramid); None: the schema's defaults."""
+    settings, storage = settings or defaults().normalize, storage or defaults().ingest
+    method, low, high, scope = settings.method, settings.low, settings.high, settings.scope
+    mask_value, clip = settings.mask_value, settings.clip
+    compression, pyramid_levels, pyramid_method = storage.compression, storage.pyramid_levels, storage.pyramid_method
     if scope not in SCOPES:
         raise InputError("normalize.scope", f"{scope!r} is not one of {sorted(SCOPES)}")
     if method == "percentile" and not 0 <= low < high <= 100:

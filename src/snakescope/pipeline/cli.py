@@ -1,53 +1,89 @@
-"""Shared plumbing of the rule entry points in scripts/: arguments, logging, error exit.
+"""The one entry point of every rule: ``python scripts/snakescope.py <command> ...``.
 
-Rules call ``{python} scripts/<step>.py ...`` with the interpreter of their environment
-(a local venv, or ``python`` inside the rule's conda env), so the same entry points serve
-local runs, --sdm conda and SLURM jobs.
+Commands:
+
+* ``run PLAN [--out MANIFEST] [--threads N]``: the job a plan file describes (a stage
+  batch, a training, a scatter part);
+* ``gather KIND --out CSV MANIFEST...``: per-sample metrics of one kind, per sample and summed;
+* ``summary --out MD --failures TSV MANIFEST...``: what the run produced, how long each stage
+  took, and every failed sample with its reason;
+* ``check FAILURES``: ends with an error listing the failed samples, if there are any.
+
+Rules call it with the interpreter of their environment (a local venv, or ``python``
+inside the rule's conda env), so the same entry point serves local runs, ``--sdm conda``
+and SLURM jobs. A problem with the user's input or a job-level fault (disk full, out of
+memory) ends the command with one line naming the file and the problem.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 import time
-from typing import Callable
 
-from snakescope.errors import InputError
+__all__ = ["main"]
 
 
-def parser(description: str) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=description)
-    p.add_argument("--log", help="log file (also echoed to stderr)")
-    p.add_argument("--threads", type=int, default=1)
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="snakescope", description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run the job of a plan file")
+    run.add_argument("plan")
+    run.add_argument("--out", help="the stage's manifest (default: from the plan)")
+    run.add_argument("--threads", type=int, default=1)
+    gather = sub.add_parser("gather", help="gather per-sample metrics")
+    gather.add_argument("kind", choices=["restoration", "segmentation", "classification", "tracking", "pixel_classes"])
+    gather.add_argument("--out", nargs="+", required=True,
+                        help="the table; for pixel_classes the summed confusion (CSV), the scores (CSV) and the plot")
+    gather.add_argument("manifests", nargs="+")
+    summary = sub.add_parser("summary", help="write the run's summary")
+    summary.add_argument("--out", required=True)
+    summary.add_argument("--failures", required=True)
+    summary.add_argument("--models", nargs="*", default=[])
+    summary.add_argument("--metrics", nargs="*", default=[])
+    summary.add_argument("manifests", nargs="*")
+    check = sub.add_parser("check", help="fail when samples failed")
+    check.add_argument("failures")
     return p
 
 
-def json_arg(text: str):
-    return json.loads(text) if text else {}
-
-
-def setup_logging(log_path: str | None) -> None:
-    handlers = [logging.StreamHandler(sys.stderr)]
-    if log_path:
-        handlers.append(logging.FileHandler(log_path, mode="w"))
-    logging.basicConfig(level=logging.INFO, handlers=handlers, force=True,
+def setup_logging() -> None:
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, force=True,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
-def main(step: Callable[[argparse.Namespace], object], description: str,
-         add_arguments: Callable[[argparse.ArgumentParser], None], argv=None) -> None:
-    """Run one step; a user-input problem exits 1 with one line naming the file and problem."""
-    p = parser(description)
-    add_arguments(p)
-    args = p.parse_args(argv)
-    setup_logging(args.log)
+def main(argv=None) -> None:
+    from snakescope.errors import InputError
+    from snakescope.pipeline.runner import JobError, _job_level, describe_job_error
+
+    args = _parser().parse_args(argv)
+    setup_logging()
     log = logging.getLogger("snakescope")
     start = time.perf_counter()
     try:
-        step(args)
-    except InputError as exc:
+        if args.command == "run":
+            from snakescope.pipeline.runner import run_task
+
+            run_task(args.plan, args.threads, args.out)
+        elif args.command == "gather":
+            from snakescope.pipeline.gather import gather_metrics
+
+            gather_metrics(args.kind, args.manifests, *args.out)
+        elif args.command == "summary":
+            from snakescope.report.summary import write_summary
+
+            write_summary(args.manifests, args.models, args.metrics, args.out, args.failures)
+        else:
+            from snakescope.report.summary import check_failures
+
+            check_failures(args.failures)
+    except (InputError, JobError) as exc:
         log.error("%s", exc)
+        sys.exit(1)
+    except Exception as exc:
+        if not _job_level(exc):
+            raise
+        log.error("%s", describe_job_error(exc))
         sys.exit(1)
     log.info("done in %.1f s", time.perf_counter() - start)

@@ -1,9 +1,34 @@
-"""A plain-text account of what a run produced and where, printed at the end of the demo."""
+"""The run's summary (``results/summary.md``): what was produced, the key figures, how long
+each stage took, and every sample that failed with its reason.
+
+It is built from the stage manifests (each sample's status and outputs), the models'
+metadata and the gathered metrics, so it stays short for a run of 100,000 images: samples
+are listed one by one only up to :data:`MAX_LISTED`. ``results/failed_samples.tsv`` lists
+the failures; :func:`check_failures` turns a non-empty list into a failed run.
+"""
 
 from __future__ import annotations
 
 import json
+from collections import defaultdict
 from pathlib import Path
+
+import pandas as pd
+
+from snakescope.errors import InputError
+from snakescope.io.atomic import write_text
+
+__all__ = ["MAX_LISTED", "check_failures", "describe", "write_summary"]
+
+MAX_LISTED = 50
+STAGE_ORDER = ("prepare", "restore", "segment", "finish")
+#: The figure of each gathered metrics file shown in the summary: (column, row filter).
+KEY_FIGURES = {
+    "segmentation": ("f1", "threshold", 0.5, "F1 at IoU 0.5"),
+    "restoration": ("psnr_affine", None, None, "PSNR after affine fit (dB)"),
+    "classification": ("balanced_accuracy", "class_name", "ALL", "balanced accuracy"),
+    "tracking": ("TRA", None, None, "TRA"),
+}
 
 
 def _size(path: Path) -> int:
@@ -12,7 +37,7 @@ def _size(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
-def _human(n: int) -> str:
+def _human(n: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB"):
         if n < 1024 or unit == "GiB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
@@ -20,53 +45,144 @@ def _human(n: int) -> str:
     return str(n)
 
 
-def _describe(path: Path) -> str:
-    """One line on a result: array shape and axes for OME-Zarr, key figures for JSON."""
-    if path.suffix == ".zarr" or path.name.endswith(".ome.zarr"):
-        attrs_file = path / ".zattrs"
-        if attrs_file.exists():
-            attrs = json.loads(attrs_file.read_text())
-            if "labels" in attrs and "multiscales" not in attrs:
-                inner = path / "labels" / attrs["labels"][0]
-                counts = attrs.get("snakescope", {}).get("segmentation", {}).get("objects_per_frame", {})
-                level0 = json.loads((inner / "0" / ".zarray").read_text())
-                return f"labels {tuple(level0['shape'])}; {sum(counts.values())} objects in {len(counts)} frame(s)"
-            ms = attrs.get("multiscales", [{}])[0]
-            axes = "".join(a["name"] for a in ms.get("axes", []))
-            level0 = json.loads((path / "0" / ".zarray").read_text())
-            return f"{axes} {tuple(level0['shape'])} {level0['dtype'].lstrip('<>|')}, {len(ms.get('datasets', []))} levels"
-    if path.suffix == ".parquet":
-        import pandas as pd
+def describe(path: Path) -> str:
+    """One line on a result: shape and axes of an image, objects of labels, rows of a table."""
+    from snakescope.io import ngff
 
-        table = pd.read_parquet(path)
-        return f"{len(table)} rows x {table.shape[1]} columns"
-    if path.name == "normalization.json":
-        stats = json.loads(path.read_text())
-        g = stats["groups"][0]
-        return f"{stats['method']} per {stats['scope']}: {len(stats['groups'])} group(s), first offset {g['offset']:.4g} divisor {g['divisor']:.4g}"
+    try:
+        if path.name.endswith(".ome.zarr"):
+            root = ngff.open_group(path, "r")
+            if "labels" in root.attrs and "multiscales" not in root.attrs:
+                counts = root.attrs.get("snakescope", {}).get("segmentation", {}).get("objects_per_frame", {})
+                return f"{sum(counts.values())} objects in {len(counts)} frame(s)"
+            image = ngff.read_image(path)
+            return f"{image.axes} {tuple(image.shape)} {image.data.dtype}"
+        if path.suffix == ".parquet":
+            return f"{len(pd.read_parquet(path))} rows"
+    except Exception:  # noqa: BLE001 - a summary line is best effort
+        return ""
     return ""
 
 
-def summarize(samples, results: Path) -> str:
-    lines = ["# snakescope results", ""]
-    models = sorted((results / "models").glob("*/training.json")) if (results / "models").exists() else []
-    if models:
-        lines.append(f"## models  ({results}/models/)")
-        for info_file in models:
-            info = json.loads(info_file.read_text())
-            lines.append(f"  {info_file.parent.name:<28} trained on {info.get('n_train')} image(s) in {info.get('train_seconds', 0):.0f} s; "
-                         f"thresholds {info.get('thresholds')}; curve: {info_file.parent.with_name(info_file.parent.name + '_training.png')}")
-        lines.append("")
-    for sample in samples:
-        folder = results / sample
-        lines.append(f"## {sample}  ({folder}/)")
-        if not folder.exists():
-            lines.append("  (no results: see logs/ for why)")
+def _manifests(paths) -> list[dict]:
+    return [json.loads(Path(p).read_text()) for p in paths]
+
+
+def _failures(manifests: list[dict]) -> list[dict]:
+    rows = []
+    for m in sorted(manifests, key=lambda m: (STAGE_ORDER.index(m["stage"]), m["batch"])):
+        for sample, entry in m["samples"].items():
+            if entry["status"] == "failed":
+                rows.append({"sample": sample, "stage": m["stage"], "step": entry["step"], "reason": entry["error"]})
+    return rows
+
+
+def _stage_table(manifests: list[dict]) -> list[str]:
+    jobs, ran, seconds, step_seconds = defaultdict(int), defaultdict(int), defaultdict(float), defaultdict(float)
+    for m in manifests:
+        jobs[m["stage"]] += 1
+        seconds[m["stage"]] += m.get("seconds", 0.0)
+        for entry in m["samples"].values():
+            for name, step in entry["steps"].items():
+                if step.get("ran"):
+                    ran[(m["stage"], name)] += 1
+                    step_seconds[(m["stage"], name)] += step.get("seconds", 0.0)
+    lines = ["| stage | jobs | wall s | step: samples run, s |", "|---|---|---|---|"]
+    for stage in STAGE_ORDER:
+        if stage in jobs:
+            steps = ", ".join(f"{name}: {ran[(s, name)]}, {step_seconds[(s, name)]:.1f}"
+                              for (s, name) in sorted(ran) if s == stage)
+            lines.append(f"| {stage} | {jobs[stage]} | {seconds[stage]:.1f} | {steps or 'all up to date'} |")
+    return lines
+
+
+def _model_lines(models) -> list[str]:
+    lines = []
+    for folder in models:
+        meta = {}
+        path = Path(folder) / "snakescope.json"
+        if path.is_file():
+            meta = json.loads(path.read_text())
+        t = meta.get("training", {})
+        data = meta.get("data", {})
+        lines.append(f"| `{folder}` | {meta.get('kind', '?')} {meta.get('ndim', '?')}D | {data.get('n_train', '?')} | "
+                     f"{t.get('epochs_run', '?')} / {t.get('steps_run', '?')} | {t.get('best_epoch', '?')} | "
+                     f"{t.get('train_seconds', 0) or 0:.0f} | {meta.get('parent') or ''} |")
+    if lines:
+        lines = ["| model | kind | trained on | epochs / steps | kept epoch | seconds | fine-tuned from |",
+                 "|---|---|---|---|---|---|---|", *lines]
+    return lines
+
+
+def _metric_lines(metrics) -> list[str]:
+    lines = []
+    for path in metrics:
+        kind = Path(path).stem
+        if kind not in KEY_FIGURES or not Path(path).is_file():
             continue
-        for item in sorted(folder.iterdir()):
-            if ".partial-" in item.name:
-                continue
-            desc = _describe(item)
-            lines.append(f"  {item.name:<28} {_human(_size(item)):>10}  {desc}".rstrip())
+        column, key, value, label = KEY_FIGURES[kind]
+        table = pd.read_csv(path, keep_default_na=False, na_values=[""])
+        if key is not None and key in table:
+            table = table[table[key].astype(str) == str(value)]
+        if column not in table:
+            continue
+        per = ", ".join(f"{s} {v:.3f}" if isinstance(v, float) else f"{s} {v}"
+                        for s, v in zip(table["sample"], table[column]))
+        lines.append(f"- **{kind}** ({label}): {per}  (`{path}`)")
+    return lines
+
+
+def write_summary(manifest_paths, models, metrics, out: str, failures_out: str) -> str:
+    manifests = _manifests(manifest_paths)
+    failures = _failures(manifests)
+    status: dict[str, str] = {}
+    outputs: dict[str, dict] = defaultdict(dict)
+    for m in sorted(manifests, key=lambda m: STAGE_ORDER.index(m["stage"])):
+        for sample, entry in m["samples"].items():
+            if status.get(sample) in (None, "ok"):
+                status[sample] = entry["status"]
+            for step in entry["steps"].values():
+                outputs[sample].update(step.get("outputs", {}))
+    n_ok = sum(1 for s in status.values() if s == "ok")
+    lines = ["# snakescope results", "",
+             f"{len(status)} samples: {n_ok} complete, {len(failures)} failed"
+             + (f", {len(status) - n_ok - len(failures)} not processed after a failure" if len(status) - n_ok - len(failures) else ""),
+             ""]
+    if failures:
+        lines += ["## Failed samples", "", "| sample | stage | step | reason |", "|---|---|---|---|"]
+        lines += [f"| {f['sample']} | {f['stage']} | {f['step']} | {f['reason']} |" for f in failures]
+        lines += ["", "Fix the input and rerun the same command: only these samples are redone.", ""]
+    metric_lines = _metric_lines(metrics)
+    if metric_lines:
+        lines += ["## Key figures", "", *metric_lines, ""]
+    model_lines = _model_lines(models)
+    if model_lines:
+        lines += ["## Models", "", *model_lines, ""]
+    lines += ["## Time per stage", "", *_stage_table(manifests), ""]
+    lines += ["## Samples", ""]
+    for sample in list(status)[:MAX_LISTED]:
+        lines.append(f"### {sample} ({status[sample]})")
+        for name, path in outputs[sample].items():
+            p = Path(path)
+            if p.exists():
+                lines.append(f"- `{path}` {_human(_size(p))} {describe(p)}".rstrip())
         lines.append("")
-    return "\n".join(lines) + "\n"
+    if len(status) > MAX_LISTED:
+        lines.append(f"... and {len(status) - MAX_LISTED} more samples: see `results/jobs/*.done.json`.")
+    text = "\n".join(lines) + "\n"
+    write_text(out, text)
+    table = pd.DataFrame(failures, columns=["sample", "stage", "step", "reason"])
+    from snakescope.io.atomic import atomic_path
+
+    with atomic_path(failures_out) as tmp:
+        table.to_csv(tmp, sep="\t", index=False)
+    print(text)
+    return text
+
+
+def check_failures(failures_tsv: str) -> None:
+    """Raise, listing every failed sample and why, when the run had failures."""
+    table = pd.read_csv(failures_tsv, sep="\t", dtype=str, keep_default_na=False)
+    if len(table):
+        listed = "\n".join(f"  {r.sample} ({r.stage}/{r.step}): {r.reason}" for r in table.itertuples())
+        raise InputError(failures_tsv, f"{len(table)} sample(s) failed; the others are complete:\n{listed}")

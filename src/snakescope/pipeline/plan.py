@@ -1,0 +1,522 @@
+"""Stage planning: from the config and the samples sheet, which samples go through which
+stage, how they are batched, and what every job of the workflow reads and writes.
+
+The Snakefile only wires what this module says (``workflow/rules/*.smk``), so the planning
+is plain Python with unit tests (tests/test_plan.py).
+
+Per-image work runs in **batches**: one job processes a list of samples in one process
+(imports once, models loaded once). The samples sheet is cut into batches in its own
+order, closing a batch at ``batching.max_samples`` samples or ``batching.max_gb`` of image
+files, an image larger than that alone; so appending rows changes only the last batch
+and adds new ones. Every per-image stage uses the same batches, restricted to the samples
+that go through it; a batch with none of them plans no job.
+
+Stages, in order (each one job per batch):
+
+* ``prepare``: ingest and normalize the image, and the clean target when the sheet has one;
+* ``restore``: N2V or CARE restoration (samples with a model for their dimensionality);
+* ``segment``: segmentation, then measurements and, where a classifier exists, classes;
+* ``finish``: QC figures, evaluations against ground truth, tracking, provenance.
+
+Between them sit the training jobs (one per model) and, at the end, the gathered metrics,
+the summary and the check that no sample failed.
+
+Every job that does real work reads a **task** (``results/jobs/<job>.plan.json``): per
+sample, its steps with their inputs, outputs and options, and the config sections the
+stage reads. A job reruns when its task changes (its digest is the plan rule's parameter)
+or a file it reads changes (raw images, ground truth, models); upstream stage outputs are
+waited for but do not by themselves rerun it, since the task's digest already includes
+the upstream stages' recipes. Inside a job, each sample's step is skipped when its outputs
+exist and its stamp (inputs, options, settings) is unchanged (snakescope.pipeline.runner).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from snakescope.io.tiff import expand_image_path
+from snakescope.settings import Config, Sample
+
+__all__ = ["STAGES", "Batch", "Job", "Plan", "digest_of", "manifest_path", "plan_path"]
+
+STAGES = ("prepare", "restore", "segment", "finish")
+RESULTS = "results"
+JOBS = f"{RESULTS}/jobs"
+
+#: Segmentation keys that change a trained model (a change retrains); the others only
+#: change prediction.
+SEGMENTATION_TRAINING_KEYS = ("method", "train_samples", "split_dir", "validation_fraction")
+SEGMENTATION_PREDICTION_KEYS = ("method", "prob_thresh", "nms_thresh", "block_size", "min_overlap", "context")
+#: Classification keys that only change prediction (none today) are left out of nothing:
+#: every classification key but ``enabled`` and the model folders trains.
+CLASSIFICATION_NOT_TRAINING = ("enabled", "model_2d", "model_3d")
+#: Config sections that change how the work is run, not its results: provenance leaves
+#: them out, so tuning them reruns nothing.
+NOT_RESULTS = ("batching", "local_envs", "resources")
+
+
+def digest_of(value) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def plan_path(job: str) -> str:
+    return f"{JOBS}/{job}.plan.json"
+
+
+def manifest_path(stage: str, batch: str) -> str:
+    return f"{JOBS}/{stage}-{batch}.done.json"
+
+
+def sample_path(sample: str, name: str) -> str:
+    return f"{RESULTS}/{sample}/{name}"
+
+
+def existing_files(pattern: str | None) -> list[str]:
+    """The files of a path, glob or folder that exist (a missing one fails its sample's step
+    with the file named, not the planning of every sample)."""
+    if not pattern:
+        return []
+    if Path(pattern).is_dir():
+        return sorted(str(p) for p in Path(pattern).iterdir() if p.is_file())
+    return [str(p) for p in expand_image_path(pattern) if p.is_file()]
+
+
+@dataclass(frozen=True)
+class Batch:
+    id: str
+    samples: tuple[str, ...]
+
+
+@dataclass
+class Job:
+    """One job of the workflow: its task (the plan file) and the files it depends on."""
+
+    name: str
+    rule: str
+    task: dict
+    inputs: list[str] = field(default_factory=list)  # a change reruns the job
+    after: list[str] = field(default_factory=list)  # waited for only (upstream stage manifests)
+    outputs: list[str] = field(default_factory=list)
+    digest: str = ""
+
+
+class Plan:
+    """The plan of one run: ``Plan(config, samples)`` with the validated config and the
+    samples of the sheet in sheet order."""
+
+    def __init__(self, config: Config, samples: dict[str, Sample]):
+        self.config = config
+        self.samples = samples
+        self._ndim = {sid: s.spatial_ndim() for sid, s in samples.items()}
+
+    # ---- what happens to each sample ------------------------------------------------
+
+    def ndim(self, sid: str) -> int:
+        return self._ndim[sid]
+
+    def of_ndim(self, ndim: int) -> list[Sample]:
+        return [s for s in self.samples.values() if self._ndim[s.sample_id] == ndim]
+
+    def _chosen(self, chosen, sid: str) -> bool:
+        return chosen == "all" or sid in chosen
+
+    @functools.cache
+    def restoration_training_samples(self, ndim: int) -> tuple[str, ...]:
+        r = self.config.restoration
+        return tuple(s.sample_id for s in self.of_ndim(ndim)
+                     if self._chosen(r.train_samples, s.sample_id) and (r.method != "care" or s.target))
+
+    def restoration_model(self, ndim: int) -> str | None:
+        r = self.config.restoration
+        if r.method == "none":
+            return None
+        given = getattr(r, f"model_{ndim}d")
+        if given:
+            return given
+        return f"{RESULTS}/models/{r.method}_{ndim}d" if self.restoration_training_samples(ndim) else None
+
+    def restored(self, sid: str) -> bool:
+        return self.restoration_model(self._ndim[sid]) is not None
+
+    def analysis_image(self, sid: str) -> str:
+        """What segmentation, classification and tracking read: restored when restoration is on."""
+        return sample_path(sid, "restored.ome.zarr" if self.restored(sid) else "normalized.ome.zarr")
+
+    @functools.cache
+    def segmentation_training_samples(self, ndim: int) -> tuple[str, ...]:
+        seg = self.config.segmentation
+        return tuple(s.sample_id for s in self.of_ndim(ndim) if s.labels and self._chosen(seg.train_samples, s.sample_id))
+
+    def segmentation_model(self, ndim: int) -> str | None:
+        seg = self.config.segmentation
+        if seg.method == "none":
+            return None
+        given = getattr(seg, f"model_{ndim}d")
+        if given:
+            return given
+        return f"{RESULTS}/models/{seg.method}_{ndim}d" if self.segmentation_training_samples(ndim) else None
+
+    def segmented(self, sid: str) -> bool:
+        return self.segmentation_model(self._ndim[sid]) is not None
+
+    @functools.cache
+    def classifier_training_samples(self, ndim: int) -> tuple[str, ...]:
+        return tuple(s.sample_id for s in self.of_ndim(ndim) if s.points)
+
+    def classifier_model(self, ndim: int) -> str | None:
+        c = self.config.classification
+        if not c.enabled:
+            return None
+        given = getattr(c, f"model_{ndim}d")
+        if given:
+            return given
+        if self.classifier_training_samples(ndim) or getattr(c, f"patch_folder_{ndim}d"):
+            return f"{RESULTS}/models/classifier_{ndim}d"
+        return None
+
+    def classified(self, sid: str) -> bool:
+        return self.segmented(sid) and self.classifier_model(self._ndim[sid]) is not None
+
+    def time_lapse(self, sid: str) -> bool:
+        axes = self.samples[sid].axes
+        return axes is None or "T" in axes.upper()
+
+    def tracked(self, sid: str) -> bool:
+        return self.config.tracking.enabled and self.time_lapse(sid) and self.segmented(sid)
+
+    def stage_samples(self, stage: str) -> list[str]:
+        keep = {"prepare": lambda sid: True, "restore": self.restored, "segment": self.segmented,
+                "finish": lambda sid: True}[stage]
+        return [sid for sid in self.samples if keep(sid)]
+
+    def warnings(self) -> list[str]:
+        """Samples a configured stage cannot process, said once at planning time."""
+        notes = []
+        method = self.config.restoration.method
+        for sid in self.samples:
+            nd = self._ndim[sid]
+            if method != "none" and not self.restored(sid):
+                notes.append(f"sample {sid}: no {nd}D {method.upper()} model (no restoration.model_{nd}d and no training "
+                             f"sample of that dimensionality{' with a target' if method == 'care' else ''}): analysed unrestored")
+            if self.config.segmentation.method != "none" and not self.segmented(sid):
+                notes.append(f"sample {sid}: no {nd}D segmentation model (no segmentation.model_{nd}d and no sample of "
+                             "that dimensionality with labels): ingested and normalized only")
+        return notes
+
+    # ---- batches ----------------------------------------------------------------------
+
+    @functools.cached_property
+    def batches(self) -> list[Batch]:
+        """The sheet cut in order at max_samples samples or max_gb of image files."""
+        limit_n, limit_bytes = self.config.batching.max_samples, self.config.batching.max_gb * 1e9
+        batches, current, size = [], [], 0.0
+        for sid, sample in self.samples.items():
+            cost = float(sum(_size(p) for p in expand_image_path(sample.image)))
+            if current and (len(current) >= limit_n or size + cost > limit_bytes):
+                batches.append(current)
+                current, size = [], 0.0
+            current.append(sid)
+            size += cost
+        if current:
+            batches.append(current)
+        return [Batch(f"b{i:04d}", tuple(members)) for i, members in enumerate(batches)]
+
+    @functools.cached_property
+    def batch_of(self) -> dict[str, str]:
+        return {sid: b.id for b in self.batches for sid in b.samples}
+
+    def stage_batches(self, stage: str) -> list[Batch]:
+        members = set(self.stage_samples(stage))
+        out = [Batch(b.id, tuple(s for s in b.samples if s in members)) for b in self.batches]
+        return [b for b in out if b.samples]
+
+    # ---- jobs -------------------------------------------------------------------------
+
+    @functools.cached_property
+    def jobs(self) -> dict[str, Job]:
+        jobs: dict[str, Job] = {}
+        for stage in STAGES:
+            for batch in self.stage_batches(stage):
+                job = self._stage_job(stage, batch, jobs)
+                jobs[job.name] = job
+        for job in self._training_jobs() + self._part_jobs():
+            jobs[job.name] = job
+        for job in jobs.values():
+            job.digest = digest_of({"task": job.task, "upstream": [jobs[u].digest for u in job.task.get("upstream", [])
+                                                                   if u in jobs]})
+        return jobs
+
+    def job(self, name: str) -> Job:
+        return self.jobs[name]
+
+    def stage_jobs(self, stage: str) -> list[Job]:
+        return [self.jobs[f"{stage}-{b.id}"] for b in self.stage_batches(stage)]
+
+    def write_task(self, name: str, path: str | Path) -> None:
+        from snakescope.io.atomic import write_json
+
+        job = self.jobs[name]
+        write_json(path, {**job.task, "digest": job.digest})
+
+    # ---- per-stage sample work -----------------------------------------------------------
+
+    def _config_sections(self, *names: str) -> dict:
+        return {n: dataclasses.asdict(getattr(self.config, n)) for n in names}
+
+    def _stage_job(self, stage: str, batch: Batch, jobs: dict) -> Job:
+        builder = getattr(self, f"_{stage}_work")
+        work = [builder(sid) for sid in batch.samples]
+        upstream = [f"{s}-{batch.id}" for s in STAGES[:STAGES.index(stage)] if f"{s}-{batch.id}" in jobs]
+        task = {"kind": "stage", "stage": stage, "batch": batch.id, "job": f"{stage}-{batch.id}",
+                "config": self._stage_config(stage), "upstream": upstream,
+                "upstream_manifests": {u.split("-")[0]: manifest_path(u.split("-")[0], batch.id) for u in upstream},
+                "samples": work}
+        inputs = sorted({f for w in work for spec in w["steps"].values() for f in _external_files(spec)}
+                        | {p for sid in batch.samples for p in (self.scatter_parts(sid) if stage == "segment" else [])})
+        return Job(name=task["job"], rule=stage, task=task, inputs=inputs,
+                   after=[manifest_path(u.split("-")[0], batch.id) for u in upstream],
+                   outputs=[manifest_path(stage, batch.id)])
+
+    def _stage_config(self, stage: str) -> dict:
+        c = self.config
+        if stage == "prepare":
+            return self._config_sections("ingest", "normalize")
+        if stage == "restore":
+            return self._config_sections("ingest", "restoration")
+        if stage == "segment":
+            return {"segmentation": {k: getattr(c.segmentation, k) for k in SEGMENTATION_PREDICTION_KEYS}}
+        return {k: v for k, v in c.to_dict().items() if k not in NOT_RESULTS}  # provenance records it
+
+    def _work(self, sid: str, steps: dict) -> dict:
+        return {"sample": sid, "row": dataclasses.asdict(self.samples[sid]), "ndim": self._ndim[sid],
+                "steps": {name: spec for name, spec in steps.items() if spec is not None}}
+
+    def _prepare_work(self, sid: str) -> dict:
+        s = self.samples[sid]
+        steps = {"ingest": step({"image": s.image},
+                                {"image": sample_path(sid, "image.ome.zarr"),
+                                 "normalized": sample_path(sid, "normalized.ome.zarr"),
+                                 "stats": sample_path(sid, "normalization.json")},
+                                raw=("image",))}
+        if s.target:
+            steps["target"] = step({"target": s.target, "image": sample_path(sid, "image.ome.zarr")},
+                                   {"image": sample_path(sid, "target.ome.zarr"),
+                                    "stats": sample_path(sid, "target_normalization.json")},
+                                   raw=("target",))
+        return self._work(sid, steps)
+
+    def _restore_work(self, sid: str) -> dict:
+        s = self.samples[sid]
+        model = self.restoration_model(self._ndim[sid])
+        return self._work(sid, {"restore": step(
+            {"image": sample_path(sid, "normalized.ome.zarr"), "model": model},
+            {"restored": sample_path(sid, "restored.ome.zarr")},
+            {"method": self.config.restoration.method, "channel": s.channel}, models=("model",))})
+
+    def _segment_work(self, sid: str) -> dict:
+        s, nd = self.samples[sid], self._ndim[sid]
+        parts = self.scatter_parts(sid)
+        steps = {"segment": step({"image": self.analysis_image(sid), "model": self.segmentation_model(nd),
+                                  **{f"part{k}": p for k, p in enumerate(parts)}},
+                                 {"labels": sample_path(sid, "labels.ome.zarr")},
+                                 {"channel": s.channel, "n_parts": len(parts)}, models=("model",)),
+                 "measure": step({"labels": sample_path(sid, "labels.ome.zarr"),
+                                  "image": sample_path(sid, "image.ome.zarr"),
+                                  "analysis": self.analysis_image(sid),
+                                  "classifier": self.classifier_model(nd)},
+                                 {"objects": sample_path(sid, "objects.parquet")},
+                                 {"channel": s.channel}, models=("classifier",))}
+        return self._work(sid, steps)
+
+    def _finish_work(self, sid: str) -> dict:
+        s, nd = self.samples[sid], self._ndim[sid]
+        restored, segmented = self.restored(sid), self.segmented(sid)
+        image, labels = self.analysis_image(sid), sample_path(sid, "labels.ome.zarr")
+        steps = {}
+        if restored:
+            steps["qc_restoration"] = step(
+                {"image": sample_path(sid, "normalized.ome.zarr"), "restored": image,
+                 "target": sample_path(sid, "target.ome.zarr") if s.target else None},
+                {"figure": sample_path(sid, "qc/restoration.png")}, {"channel": s.channel})
+            if s.target:
+                steps["evaluate_restoration"] = step(
+                    {"image": sample_path(sid, "normalized.ome.zarr"), "restored": image,
+                     "target": sample_path(sid, "target.ome.zarr")},
+                    {"metrics": sample_path(sid, "restoration_metrics.csv")}, {"channel": s.channel})
+        if segmented:
+            steps["qc_segmentation"] = step({"image": image, "labels": labels},
+                                            {"figure": sample_path(sid, "qc/segmentation.png")}, {"channel": s.channel})
+            if s.labels:
+                outputs = {"metrics": sample_path(sid, "segmentation_metrics.csv")}
+                if self.config.segmentation.method == "unet":
+                    outputs |= {"class_confusion": sample_path(sid, "class_confusion.csv"),
+                                "class_metrics": sample_path(sid, "class_metrics.csv"),
+                                "class_plot": sample_path(sid, "qc/class_confusion.png")}
+                steps["evaluate_segmentation"] = step({"labels": labels, "truth": s.labels}, outputs, raw=("truth",))
+            if s.class_truth and self.classified(sid):
+                steps["evaluate_classification"] = step(
+                    {"labels": labels, "objects": sample_path(sid, "objects.parquet"), "truth": s.class_truth,
+                     "classifier": self.classifier_model(nd)},
+                    {"metrics": sample_path(sid, "classification_metrics.csv"),
+                     "figure": sample_path(sid, "qc/confusion.png")}, raw=("truth",), models=("classifier",))
+        if self.tracked(sid):
+            steps["track"] = step({"labels": labels, "image": image},
+                                  {"ctc": sample_path(sid, "tracks"), "table": sample_path(sid, "tracks.csv"),
+                                   "stats": sample_path(sid, "track_stats.csv"),
+                                   "figure": sample_path(sid, "qc/tracks.png")}, {"channel": s.channel})
+            if s.tracks:
+                steps["evaluate_tracking"] = step({"result": sample_path(sid, "tracks"), "truth": s.tracks},
+                                                  {"metrics": sample_path(sid, "tracking_metrics.json")},
+                                                  raw=("truth",))
+        steps["provenance"] = step({f"file{k}": f for k, f in enumerate(s.input_files())},
+                                   {"record": sample_path(sid, "provenance.json")},
+                                   raw=tuple(f"file{k}" for k in range(len(s.input_files()))))
+        return self._work(sid, steps)
+
+    # ---- scatter parts ------------------------------------------------------------------
+
+    def scatter_parts(self, sid: str) -> list[str]:
+        n = self.config.segmentation.scatter.get(sid, 1)
+        return [sample_path(sid, f"labels_parts/part{k}.zarr") for k in range(n)] if n > 1 else []
+
+    def _part_jobs(self) -> list[Job]:
+        jobs = []
+        for sid in self.samples:
+            parts = self.scatter_parts(sid)
+            if not parts or not self.segmented(sid):
+                continue
+            s, nd = self.samples[sid], self._ndim[sid]
+            upstream = "restore" if self.restored(sid) else "prepare"
+            for k, part in enumerate(parts):
+                name = f"segment_part-{sid}-{k}"
+                task = {"kind": "part", "job": name, "sample": sid,
+                        "config": self._stage_config("segment"),
+                        "upstream": [f"{upstream}-{self.batch_of[sid]}"],
+                        "step": step({"image": self.analysis_image(sid), "model": self.segmentation_model(nd)},
+                                     {"part": part}, {"channel": s.channel, "part": k, "n_parts": len(parts)},
+                                     models=("model",))}
+                jobs.append(Job(name, "segment_part", task, inputs=_external_files(task["step"]),
+                                after=[manifest_path(upstream, self.batch_of[sid])], outputs=[part]))
+        return jobs
+
+    # ---- training -----------------------------------------------------------------------
+
+    def _training_jobs(self) -> list[Job]:
+        jobs = []
+        c = self.config
+        for nd in (2, 3):
+            r = c.restoration
+            if r.method != "none" and not getattr(r, f"model_{nd}d") and self.restoration_training_samples(nd):
+                sources = [{"sample": sid, "image": sample_path(sid, "normalized.ome.zarr"),
+                            "target": sample_path(sid, "target.ome.zarr") if r.method == "care" else None,
+                            "channel": self.samples[sid].channel} for sid in self.restoration_training_samples(nd)]
+                settings = {"restoration": {"method": r.method, r.method: dataclasses.asdict(r.training())},
+                            "normalize": dataclasses.asdict(c.normalize)}
+                jobs.append(self._train_job("train_restoration", f"{r.method}_{nd}d", nd, sources, settings,
+                                            self.restoration_training_samples(nd)))
+            seg = c.segmentation
+            if seg.method != "none" and not getattr(seg, f"model_{nd}d") and self.segmentation_training_samples(nd):
+                ids = self.segmentation_training_samples(nd)
+                sources = [{"sample": sid, "image": self.analysis_image(sid), "labels": self.samples[sid].labels,
+                            "channel": self.samples[sid].channel} for sid in ids]
+                training = seg.stardist_for(nd) if seg.method == "stardist" else seg.unet_for(nd)
+                settings = {"segmentation": {**{k: getattr(seg, k) for k in SEGMENTATION_TRAINING_KEYS},
+                                             seg.method: dataclasses.asdict(training)},
+                            "upstream": self._image_recipe(ids)}
+                jobs.append(self._train_job("train_segmentation", f"{seg.method}_{nd}d", nd, sources, settings, ids,
+                                            split=f"{seg.split_dir}/{seg.method}_{nd}d.json"))
+            cl = c.classification
+            folder = getattr(cl, f"patch_folder_{nd}d")
+            if cl.enabled and not getattr(cl, f"model_{nd}d") and (self.classifier_training_samples(nd) or folder):
+                ids = self.classifier_training_samples(nd)
+                sources = [{"sample": sid, "image": self.analysis_image(sid), "points": self.samples[sid].points,
+                            "channel": self.samples[sid].channel} for sid in ids]
+                settings = {"classification": {k: v for k, v in dataclasses.asdict(cl).items()
+                                               if k not in CLASSIFICATION_NOT_TRAINING},
+                            "upstream": self._image_recipe(ids)}
+                jobs.append(self._train_job("train_classifier", f"classifier_{nd}d", nd, sources, settings, ids,
+                                            split=f"{c.segmentation.split_dir}/classifier_{nd}d.csv",
+                                            patch_folder=folder))
+        return jobs
+
+    def _image_recipe(self, ids) -> dict:
+        """What the training images of ``ids`` depend on besides their files: normalization,
+        and the restoration model they went through."""
+        restored = sorted({self.restoration_model(self._ndim[sid]) for sid in ids if self.restored(sid)})
+        return {"normalize": dataclasses.asdict(self.config.normalize), "restoration_models": restored}
+
+    def _train_job(self, rule, model, nd, sources, settings, ids, *, split=None, patch_folder=None) -> Job:
+        """A training job; it waits for the stage that wrote its images: prepare for the
+        restoration models (they learn from normalized images), else the analysis images."""
+        out = f"{RESULTS}/models/{model}"
+        name = f"{rule}-{model}"
+        restored = (lambda sid: False) if rule == "train_restoration" else self.restored
+        after = sorted({manifest_path("restore" if restored(sid) else "prepare", self.batch_of[sid]) for sid in ids})
+        task = {"kind": "train", "job": name, "learner": model.rsplit("_", 1)[0], "ndim": nd,
+                "seed": self.config.seed, "config": settings, "sources": sources, "split": split,
+                "patch_folder": patch_folder, "upstream_manifests": after,
+                "outputs": {"model": out, "curve": f"{out}_training.png"}}
+        inputs = [f for src in sources for key in ("labels", "points") for f in existing_files(src.get(key))]
+        inputs += [f for sid in ids for f in existing_files(self.samples[sid].image)]
+        inputs += [f for sid in ids if self.samples[sid].target for f in existing_files(self.samples[sid].target)]
+        inputs += sorted(set(settings.get("upstream", {}).get("restoration_models", [])))
+        if patch_folder:
+            inputs += existing_files_recursive(patch_folder)
+        return Job(name, rule, task, inputs=sorted(set(inputs)), after=after, outputs=[out, f"{out}_training.png"])
+
+    # ---- outputs gathered over samples ------------------------------------------------------
+
+    def evaluated(self, kind: str) -> list[str]:
+        """Samples whose finish stage writes ``kind`` metrics."""
+        pick = {"restoration": lambda sid: self.restored(sid) and self.samples[sid].target,
+                "segmentation": lambda sid: self.segmented(sid) and self.samples[sid].labels,
+                "classification": lambda sid: self.classified(sid) and self.samples[sid].class_truth,
+                "tracking": lambda sid: self.tracked(sid) and self.samples[sid].tracks}[kind]
+        return [sid for sid in self.samples if pick(sid)]
+
+    def gathered_outputs(self) -> list[str]:
+        """The metrics gathered over samples: one table per kind evaluated somewhere, and for
+        the U-Net the summed pixel-class confusion and scores."""
+        kinds = [k for k in ("restoration", "segmentation", "classification", "tracking") if self.evaluated(k)]
+        outputs = [f"{RESULTS}/metrics/{k}.csv" for k in kinds]
+        if "segmentation" in kinds and self.config.segmentation.method == "unet":
+            outputs += [f"{RESULTS}/metrics/{n}" for n in ("class_confusion.csv", "class_metrics.csv",
+                                                           "class_confusion.png")]
+        return outputs
+
+    def all_manifests(self) -> list[str]:
+        return [j.outputs[0] for j in self.jobs.values() if j.task["kind"] == "stage"]
+
+    def models(self) -> list[str]:
+        return [j.outputs[0] for j in self.jobs.values() if j.task["kind"] == "train"]
+
+
+def step(inputs: dict, outputs: dict, options: dict | None = None, *, raw=(), models=()) -> dict:
+    """One step of one sample: ``inputs`` and ``outputs`` ({name: path}), ``options``;
+    ``raw`` names the inputs that are the user's files (paths or globs) and ``models`` the
+    model folders: both are files the job depends on (a change reruns it)."""
+    return {"inputs": {k: v for k, v in inputs.items() if v is not None}, "outputs": outputs,
+            "options": options or {}, "raw": [k for k in raw if inputs.get(k)],
+            "models": [k for k in models if inputs.get(k)]}
+
+
+def _external_files(spec: dict) -> list[str]:
+    files = [f for key in spec["raw"] for f in existing_files(spec["inputs"][key])]
+    return files + [spec["inputs"][key] for key in spec["models"]]
+
+
+def existing_files_recursive(folder: str) -> list[str]:
+    return sorted(str(p) for p in Path(folder).rglob("*") if p.is_file())
+
+
+def _size(path: Path) -> int:
+    try:
+        return os.stat(path).st_size
+    except OSError:
+        return 0

@@ -1,0 +1,272 @@
+"""What each stage does for one sample: the steps the batch runner calls.
+
+A step gets the sample's work (:class:`snakescope.pipeline.runner.SampleWork`), its spec
+from the task (``inputs``, ``outputs``, ``options``: paths and values chosen by
+:mod:`snakescope.pipeline.plan`) and the job's :class:`~snakescope.pipeline.runner.Context`
+(typed config sections, threads, models loaded once). Each step is one call into the
+package; :data:`STEPS` lists them with the config they read (part of their stamp).
+
+Imports stay inside the steps: the restore stage runs in the n2v environment too (numpy
+1.26, TensorFlow 2.15), where only the restoration modules are importable.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from snakescope.errors import InputError
+
+log = logging.getLogger("snakescope.stages")
+
+__all__ = ["STEPS", "Step", "segment_part", "train"]
+
+
+@dataclass(frozen=True)
+class Step:
+    """A step: its function and the config it reads (``section`` or ``section:key,key``;
+    ``*`` for the whole config)."""
+
+    name: str
+    run: Callable
+    reads: tuple[str, ...] = ()
+
+    def settings_of(self, config: dict) -> dict:
+        if "*" in self.reads:
+            return config
+        out = {}
+        for spec in self.reads:
+            section, _, keys = spec.partition(":")
+            value = config.get(section, {})
+            out[section] = {k: value.get(k) for k in keys.split(",")} if keys else value
+        return out
+
+
+# ---- prepare -------------------------------------------------------------------------------
+
+
+def ingest(work, spec, ctx) -> None:
+    """The sample's TIFF data -> exact OME-Zarr -> normalized OME-Zarr + statistics."""
+    from snakescope.ingest.convert import ingest as convert
+    from snakescope.ingest.normalize import normalize
+
+    row, out = work.row, spec["outputs"]
+    storage = ctx.section("ingest")
+    convert(row["image"], row.get("axes"), out["image"], name=work.sample, voxel_size=row.get("voxel_size"),
+            settings=storage, threads=ctx.threads)
+    normalize(out["image"], out["normalized"], out["stats"], settings=ctx.section("normalize"), storage=storage,
+              threads=ctx.threads)
+
+
+def target(work, spec, ctx) -> None:
+    """Ingest and normalize the sample's clean target like its image; the shapes must match."""
+    import tempfile
+
+    from snakescope.ingest.convert import ingest as convert
+    from snakescope.ingest.normalize import normalize
+    from snakescope.io import ngff
+
+    row, out = work.row, spec["outputs"]
+    storage = ctx.section("ingest")
+    Path(out["image"]).parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=Path(out["image"]).parent, prefix=".target-") as tmp:
+        raw = Path(tmp) / "target.ome.zarr"
+        axes = row.get("axes")
+        try:
+            convert(row["target"], axes, raw, name=f"{work.sample} target", voxel_size=row.get("voxel_size"),
+                    settings=storage, threads=ctx.threads)
+        except InputError:
+            if not axes or "C" not in axes:
+                raise
+            convert(row["target"], axes.replace("C", ""), raw, name=f"{work.sample} target",  # one-channel target
+                    voxel_size=row.get("voxel_size"), settings=storage, threads=ctx.threads)
+        image, clean = ngff.read_image(spec["inputs"]["image"]), ngff.read_image(raw)
+        strip = lambda im: {a: n for a, n in zip(im.axes, im.shape) if a != "c"}  # noqa: E731
+        if strip(image) != strip(clean):
+            raise InputError(row["target"], f"the clean target of sample {work.sample} has shape {strip(clean)}, its "
+                                            f"image {row['image']} has {strip(image)}: they must match (channels aside)")
+        normalize(raw, out["image"], out["stats"], settings=ctx.section("normalize"), storage=storage,
+                  threads=ctx.threads)
+
+
+# ---- restore -------------------------------------------------------------------------------
+
+
+def restore(work, spec, ctx) -> None:
+    from snakescope import restoration
+
+    inputs, options = spec["inputs"], spec["options"]
+    model = ctx.model(inputs["model"], lambda: restoration.load_model(inputs["model"], options["method"]))
+    settings = ctx.section("restoration")
+    restoration.predict(model, inputs["image"], spec["outputs"]["restored"], channel=work.channel,
+                        block_shape=settings.block_shape, storage=ctx.section("ingest"), threads=ctx.threads)
+
+
+# ---- segment -------------------------------------------------------------------------------
+
+
+def _segmentation_model(ctx, folder: str):
+    from snakescope import segmentation
+
+    return ctx.model(folder, lambda: segmentation.load_model(folder))
+
+
+def segment(work, spec, ctx) -> None:
+    """Instance labels (labels.ome.zarr), predicted here or joined from scattered parts."""
+    from snakescope import segmentation
+
+    inputs, out = spec["inputs"], spec["outputs"]["labels"]
+    settings = ctx.section("segmentation")
+    if spec["options"]["n_parts"]:
+        parts = [inputs[f"part{k}"] for k in range(spec["options"]["n_parts"])]
+        segmentation.join_parts(parts, inputs["image"], out, channel=work.channel)
+        return
+    model = _segmentation_model(ctx, inputs["model"])
+    segmentation.segment(model, inputs["image"], out, settings, channel=work.channel)
+
+
+def measure(work, spec, ctx) -> None:
+    """Per-object measurements and, where a classifier exists, each object's class."""
+    from snakescope.segmentation.measure import measure_objects
+
+    inputs = spec["inputs"]
+    objects = measure_objects(inputs["labels"], inputs["image"], channel=work.channel)
+    if inputs.get("classifier") and len(objects):
+        from snakescope import classification
+        from snakescope.io import ngff
+
+        model = ctx.model(inputs["classifier"], lambda: classification.load_classifier(inputs["classifier"]))
+        image = ngff.read_image(inputs["analysis"])
+        channels = [work.channel] if "c" in image.axes else None
+        objects = classification.classify_objects(model, image.data, image.axes, objects, channels=channels)
+    _write_table(objects, spec["outputs"]["objects"])
+
+
+def segment_part(task: dict, ctx) -> None:
+    """One scatter part of a huge sample's segmentation (its own job)."""
+    from snakescope import segmentation
+
+    spec, options = task["step"], task["step"]["options"]
+    model = _segmentation_model(ctx, spec["inputs"]["model"])
+    segmentation.segment_part(model, spec["inputs"]["image"], spec["outputs"]["part"], ctx.section("segmentation"),
+                              part=options["part"], n_parts=options["n_parts"], channel=options["channel"])
+
+
+# ---- finish --------------------------------------------------------------------------------
+
+
+def qc_restoration(work, spec, ctx) -> None:
+    from snakescope.report.qc import restoration_before_after
+
+    inputs = spec["inputs"]
+    restoration_before_after(inputs["image"], inputs["restored"], spec["outputs"]["figure"],
+                             target_path=inputs.get("target"), channel=work.channel, title=work.sample)
+
+
+def evaluate_restoration(work, spec, ctx) -> None:
+    import pandas as pd
+
+    from snakescope.restoration import restoration_metrics
+
+    inputs = spec["inputs"]
+    metrics = restoration_metrics(inputs["image"], inputs["restored"], inputs["target"], channel=work.channel)
+    _write_table(pd.DataFrame([{"sample": work.sample, **metrics}]), spec["outputs"]["metrics"], index=False)
+
+
+def qc_segmentation(work, spec, ctx) -> None:
+    from snakescope.report.qc import segmentation_overlay
+
+    segmentation_overlay(spec["inputs"]["image"], spec["inputs"]["labels"], spec["outputs"]["figure"],
+                         channel=work.channel, title=work.sample)
+
+
+def evaluate_segmentation(work, spec, ctx) -> None:
+    """Instance metrics against the ground truth; with the U-Net also its pixel classes."""
+    from snakescope.evaluation import segmentation_scores
+
+    inputs, out = spec["inputs"], spec["outputs"]
+    table, class_counts = segmentation_scores(inputs["labels"], inputs["truth"], sample=work.sample,
+                                              classes="class_confusion" in out)
+    _write_table(table, out["metrics"], index=False)
+    if class_counts is not None:
+        from snakescope.evaluation.classes import write_class_scores
+        from snakescope.segmentation.unet import CLASS_NAMES
+
+        write_class_scores({work.sample: class_counts}, CLASS_NAMES, out["class_confusion"], out["class_metrics"],
+                           out["class_plot"], title=f"U-Net pixel classes: {work.sample}", total_name=None)
+
+
+def evaluate_classification(work, spec, ctx) -> None:
+    from snakescope import classification
+
+    inputs, out = spec["inputs"], spec["outputs"]
+    table, matrix, class_names = classification.evaluate_sample(inputs["truth"], inputs["labels"], inputs["objects"],
+                                                                inputs["classifier"])
+    table.insert(0, "sample", work.sample)
+    _write_table(table, out["metrics"], index=False)
+    classification.plot_object_confusion(matrix, class_names, table, out["figure"], title=work.sample)
+
+
+def track(work, spec, ctx) -> None:
+    from snakescope import tracking
+
+    inputs, out = spec["inputs"], spec["outputs"]
+    tracking.track_sample(inputs["labels"], inputs["image"], ctx.section("tracking"), channel=work.channel,
+                          sample=work.sample, ctc=out["ctc"], table=out["table"], stats=out["stats"],
+                          figure=out["figure"])
+
+
+def evaluate_tracking(work, spec, ctx) -> None:
+    from snakescope.io.atomic import write_json
+    from snakescope.tracking.ctc import evaluate_ctc
+
+    write_json(spec["outputs"]["metrics"], evaluate_ctc(spec["inputs"]["result"], spec["inputs"]["truth"]))
+
+
+def provenance(work, spec, ctx) -> None:
+    from snakescope.io.atomic import write_json
+    from snakescope.report.provenance import record
+
+    repo = Path(__file__).resolve().parents[3]
+    write_json(spec["outputs"]["record"], record(work.row, ctx.config, list(spec["inputs"].values()), repo))
+
+
+# ---- training ------------------------------------------------------------------------------
+
+
+def train(task: dict, ctx) -> None:
+    """A training job: the learner's model folder (and its curve, copied for the report)."""
+    from snakescope.pipeline.training import train_model
+
+    train_model(task, ctx)
+
+
+def _write_table(table, path: str, index: bool = False) -> None:
+    from snakescope.io.atomic import atomic_path
+
+    with atomic_path(path) as tmp:
+        if str(path).endswith(".parquet"):
+            table.to_parquet(tmp, index=index)
+        else:
+            table.to_csv(tmp, index=index)
+
+
+PREDICTION = "segmentation:method,prob_thresh,nms_thresh,block_size,min_overlap,context"
+
+STEPS = {step.name: step for step in (
+    Step("ingest", ingest, ("ingest", "normalize")),
+    Step("target", target, ("ingest", "normalize")),
+    Step("restore", restore, ("restoration:method,block_shape", "ingest")),
+    Step("segment", segment, (PREDICTION,)),
+    Step("measure", measure),
+    Step("qc_restoration", qc_restoration),
+    Step("evaluate_restoration", evaluate_restoration),
+    Step("qc_segmentation", qc_segmentation),
+    Step("evaluate_segmentation", evaluate_segmentation),
+    Step("evaluate_classification", evaluate_classification),
+    Step("track", track, ("tracking",)),
+    Step("evaluate_tracking", evaluate_tracking),
+    Step("provenance", provenance, ("*",)),
+)}

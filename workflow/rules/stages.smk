@@ -1,0 +1,129 @@
+# Per-image stages: one job per batch of samples (snakescope.pipeline.plan). Each job's
+# output is its manifest: every sample's status and outputs (results/<sample>/...).
+rule prepare:
+    input:
+        task=plan_path("prepare-{batch}"),
+        data=job_files("prepare"),
+    output:
+        manifest_path("prepare", "{batch}"),
+    log:
+        "logs/jobs/prepare-{batch}.log",
+    benchmark:
+        "benchmarks/prepare-{batch}.tsv"
+    threads: config["resources"]["threads"]
+    resources:
+        mem_mb=scaled("mem_mb"),
+        runtime=scaled("runtime"),
+    retries: config["resources"]["retries"]
+    conda:
+        "../../envs/imaging.yaml"
+    params:
+        python=python_for("main"),
+    shell:
+        RUN
+
+
+rule restore:
+    input:
+        task=plan_path("restore-{batch}"),
+        data=job_files("restore"),
+        after=job_waits_for("restore"),
+    output:
+        manifest_path("restore", "{batch}"),
+    log:
+        "logs/jobs/restore-{batch}.log",
+    benchmark:
+        "benchmarks/restore-{batch}.tsv"
+    threads: config["resources"]["threads"]
+    resources:
+        mem_mb=scaled("mem_mb", 2),
+        runtime=scaled("runtime", 2),
+        gpu=1,
+    retries: config["resources"]["retries"]
+    conda:
+        f"../../envs/{'n2v' if config['restoration']['method'] == 'n2v' else 'tensorflow'}.yaml"
+    params:
+        python=python_for("n2v" if config["restoration"]["method"] == "n2v" else "main"),
+    shell:
+        RUN
+
+
+rule segment:
+    input:
+        task=plan_path("segment-{batch}"),
+        data=job_files("segment"),
+        after=job_waits_for("segment"),
+    output:
+        manifest_path("segment", "{batch}"),
+    log:
+        "logs/jobs/segment-{batch}.log",
+    benchmark:
+        "benchmarks/segment-{batch}.tsv"
+    threads: config["resources"]["threads"]
+    resources:
+        mem_mb=scaled("mem_mb", 2),
+        runtime=scaled("runtime", 2),
+        gpu=1,
+    retries: config["resources"]["retries"]
+    conda:
+        "../../envs/tensorflow.yaml"
+    params:
+        python=python_for("main"),
+    shell:
+        RUN
+
+
+# One share of a huge sample's StarDist blocks (segmentation.scatter): its own (GPU) job;
+# the sample's segment job joins the parts into labels equal to a single job's.
+rule segment_part:
+    input:
+        task=plan_path("segment_part-{sample}-{part}"),
+        data=lambda wc: PLAN.job(f"segment_part-{wc.sample}-{wc.part}").inputs,
+        after=lambda wc: [
+            ancient(p) for p in PLAN.job(f"segment_part-{wc.sample}-{wc.part}").after
+        ],
+    output:
+        temp(directory("results/{sample}/labels_parts/part{part}.zarr")),
+    log:
+        "logs/jobs/segment_part-{sample}-{part}.log",
+    benchmark:
+        "benchmarks/segment_part-{sample}-{part}.tsv"
+    wildcard_constraints:
+        sample=r"[A-Za-z0-9][A-Za-z0-9_.-]*",
+        part=r"\d+",
+    threads: config["resources"]["threads"]
+    resources:
+        mem_mb=scaled("mem_mb", 2),
+        runtime=scaled("runtime", 2),
+        gpu=1,
+    retries: config["resources"]["retries"]
+    conda:
+        "../../envs/tensorflow.yaml"
+    params:
+        python=python_for("main"),
+    shell:
+        RUN
+
+
+rule finish:
+    input:
+        task=plan_path("finish-{batch}"),
+        data=job_files("finish"),
+        after=job_waits_for("finish"),
+    output:
+        manifest_path("finish", "{batch}"),
+    log:
+        "logs/jobs/finish-{batch}.log",
+    benchmark:
+        "benchmarks/finish-{batch}.tsv"
+    threads: config["resources"]["threads"]
+    resources:
+        mem_mb=scaled("mem_mb", 2),
+        runtime=scaled("runtime"),
+    retries: config["resources"]["retries"]
+    conda:
+        "../../envs/imaging.yaml"
+    params:
+        python=python_for("main"),
+    shell:
+        RUN

@@ -1,0 +1,89 @@
+# Across samples: gathered metrics, the summary, and the check that no sample failed.
+rule gather_metrics:
+    input:
+        lambda wc: [j.outputs[0] for j in PLAN.stage_jobs("finish")],
+    output:
+        report(
+            "results/metrics/{kind}.csv",
+            caption="../report/{kind}_metrics.rst",
+            category="Metrics",
+        ),
+    log:
+        "logs/jobs/gather_metrics-{kind}.log",
+    wildcard_constraints:
+        kind="restoration|segmentation|classification|tracking",
+    conda:
+        "../../envs/imaging.yaml"
+    params:
+        python=python_for("main"),
+    shell:
+        "{params.python} " + ENTRY + " gather {wildcards.kind} --out {output:q} {input:q}"
+        " > {log:q} 2>&1"
+
+
+# U-Net runs: the pixel-class confusion of every evaluated sample added up, and scored.
+rule gather_pixel_classes:
+    input:
+        lambda wc: [j.outputs[0] for j in PLAN.stage_jobs("finish")],
+    output:
+        confusion=report(
+            "results/metrics/class_confusion.csv",
+            caption="../report/class_confusion_total.rst",
+            category="Metrics",
+        ),
+        scores=report(
+            "results/metrics/class_metrics.csv",
+            caption="../report/class_metrics.rst",
+            category="Metrics",
+        ),
+        plot=report(
+            "results/metrics/class_confusion.png",
+            caption="../report/class_confusion_total.rst",
+            category="Metrics",
+        ),
+    log:
+        "logs/jobs/gather_pixel_classes.log",
+    conda:
+        "../../envs/imaging.yaml"
+    params:
+        python=python_for("main"),
+    shell:
+        "{params.python} " + ENTRY + " gather pixel_classes --out {output.confusion:q}"
+        " {output.scores:q} {output.plot:q} {input:q} > {log:q} 2>&1"
+
+
+rule summary:
+    input:
+        manifests=PLAN.all_manifests(),
+        models=PLAN.models(),
+        metrics=PLAN.gathered_outputs(),
+    output:
+        summary="results/summary.md",
+        failures="results/failed_samples.tsv",
+    log:
+        "logs/jobs/summary.log",
+    conda:
+        "../../envs/imaging.yaml"
+    params:
+        python=python_for("main"),
+    shell:
+        "{params.python} " + ENTRY + " summary --out {output.summary:q} --failures {output.failures:q}"
+        " --models {input.models:q} --metrics {input.metrics:q} {input.manifests:q} > {log:q} 2>&1"
+
+
+# The run ends with an error listing every failed sample (results/failed_samples.tsv)
+# until they succeed; their good neighbours are complete meanwhile.
+rule check_samples:
+    input:
+        "results/failed_samples.tsv",
+    output:
+        touch("results/.all_samples_ok"),
+    log:
+        "logs/jobs/check_samples.log",
+    localrule: True
+    conda:
+        "../../envs/imaging.yaml"
+    params:
+        python=python_for("main"),
+    shell:
+        "{params.python} " + ENTRY + " check {input:q} > {log:q} 2>&1"
