@@ -12,7 +12,7 @@ side of the mother, along a random axis), then every detection is dropped with p
 Linkers, all with the same parameters (max 10 um between frames, gaps of up to 2 missing
 frames closed within 12 um, mother-daughter distance up to 10 um):
 
-* ours: :func:`snakescope.tracking.link` (divisions on, default alternative costs: a gap
+* ours: :func:`snakescope.tracking.linking.link` (divisions on, default alternative costs: a gap
   within its distance is always admissible, see the tracking module docstring; with
   ``laptrack_compatible=True`` it reproduces laptrack's links exactly: keys with the
   suffix ``_ours_laptrack_compatible``);
@@ -32,7 +32,7 @@ trackpy, first-call costs), then once timed on everything (``time.perf_counter``
 process, the three in the same run on the same detections). The machine is shared: wall
 times vary run to run (we saw 2x for all three), compare them within one run.
 
-Scoring (:func:`snakescope.ctc.evaluate_detections`): no masks are rasterised. Result and
+Scoring (:func:`snakescope.tracking.ctc.evaluate_detections`): no masks are rasterised. Result and
 ground truth label the same detections, so every detection is matched to itself and
 py-ctcmetrics counts the AOGM graph operations (Matula et al. 2015) exactly as for a CTC
 folder: TRA = 1 - AOGM / AOGM_0 with the CTC weights. The ground-truth graph is the true
@@ -59,6 +59,7 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
+from snakescope.settings import defaults  # noqa: E402
 from snakescope.tracking.ctc import evaluate_detections  # noqa: E402
 from snakescope.tracking.linking import Tracks, link, tracks_from_links  # noqa: E402
 
@@ -67,6 +68,13 @@ MAX_DISTANCE_UM = 10.0
 GAP_DISTANCE_UM = 12.0
 DIVISION_DISTANCE_UM = 10.0
 MAX_GAP = 2
+SETTINGS = defaults().tracking.replace(
+    max_distance=MAX_DISTANCE_UM,
+    max_gap=MAX_GAP,
+    gap_max_distance=GAP_DISTANCE_UM,
+    divisions=True,
+    division_max_distance=DIVISION_DISTANCE_UM,
+)
 
 
 def log(message: str) -> None:
@@ -186,27 +194,12 @@ def truth_links(detections: pd.DataFrame, truth: np.ndarray, lineage: pd.DataFra
 
 
 def run_ours(detections: pd.DataFrame) -> Tracks:
-    return link(
-        detections,
-        max_distance=MAX_DISTANCE_UM,
-        max_gap=MAX_GAP,
-        gap_max_distance=GAP_DISTANCE_UM,
-        division_max_distance=DIVISION_DISTANCE_UM,
-        voxel_size=(PIXEL_UM, PIXEL_UM),
-    )
+    return link(detections, SETTINGS, voxel_size=(PIXEL_UM, PIXEL_UM))
 
 
 def run_ours_compatible(detections: pd.DataFrame) -> Tracks:
     """Ours with laptrack's alternative costs: the same links as laptrack, our speed."""
-    return link(
-        detections,
-        max_distance=MAX_DISTANCE_UM,
-        max_gap=MAX_GAP,
-        gap_max_distance=GAP_DISTANCE_UM,
-        division_max_distance=DIVISION_DISTANCE_UM,
-        voxel_size=(PIXEL_UM, PIXEL_UM),
-        laptrack_compatible=True,
-    )
+    return link(detections, SETTINGS, voxel_size=(PIXEL_UM, PIXEL_UM), laptrack_compatible=True)
 
 
 def run_laptrack(detections: pd.DataFrame) -> Tracks:

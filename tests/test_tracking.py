@@ -1,4 +1,5 @@
-"""Tests of tracking (detections, LAP linking, statistics) and of the CTC format and metrics."""
+"""Tests of tracking (detections, LAP linking, statistics), of the CTC format and metrics, and
+of the report's track plot."""
 
 from __future__ import annotations
 
@@ -9,6 +10,9 @@ import pandas as pd
 import pytest
 import tifffile
 
+from snakescope.errors import InputError
+from snakescope.settings import defaults
+from snakescope.synthetic import make_timelapse, write_timelapse
 from snakescope.tracking.ctc import (
     evaluate_ctc,
     evaluate_detections,
@@ -18,22 +22,19 @@ from snakescope.tracking.ctc import (
     summarize_metrics,
     write_ctc_result,
 )
-from snakescope.errors import InputError
-from snakescope.synthetic import make_timelapse, write_timelapse
-from snakescope.tracking.linking import (
-    Tracks,
-    detections_from_labels,
-    link,
-    read_points,
-    summarize_tracks,
-    track_statistics,
-    tracks_from_links,
-)
+from snakescope.tracking.detections import detections_from_labels, read_points
+from snakescope.tracking.linking import Tracks, link, track_labels, tracks_from_links, write_tracks_table
+from snakescope.tracking.statistics import summarize_tracks, track_statistics, write_track_statistics
 
 # Synthetic cells move at most ~4.3 um per frame and daughters start up to ~6 um from the
 # mother's centre (see synthetic.py): these distances cover both.
 MAX_DISTANCE = 6.0
 DIVISION_DISTANCE = 8.0
+
+
+def tracking(**changes):
+    """The schema's tracking settings with ``changes``."""
+    return defaults().tracking.replace(**changes)
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +101,7 @@ def test_detections_are_label_centroids_frame_by_frame(dividing_2d):
             return self._array[index]
 
     labels = OneFrameAtATime(dividing_2d.labels)
-    detections = detections_from_labels(labels, voxel_size=dividing_2d.voxel_size)
+    detections = detections_from_labels(labels, refine="none", voxel_size=dividing_2d.voxel_size)
     assert labels.calls == list(range(dividing_2d.n_frames))
     expected = dividing_2d.points.sort_values(["t", "label"]).reset_index(drop=True)
     assert list(detections.columns[:4]) == ["t", "y", "x", "label"]
@@ -152,8 +153,8 @@ def test_read_points_napari_csv(tmp_path, dividing_3d):
 def test_clean_synthetic_links_perfectly(request, tmp_path, sample_name):
     sample = request.getfixturevalue(sample_name)
     paths = write_timelapse(sample, tmp_path / "gt")
-    detections = detections_from_labels(sample.labels, voxel_size=sample.voxel_size)
-    tracks = link(detections, max_distance=MAX_DISTANCE, division_max_distance=DIVISION_DISTANCE)
+    detections = detections_from_labels(sample.labels, refine="none", voxel_size=sample.voxel_size)
+    tracks = link(detections, tracking(max_distance=MAX_DISTANCE, division_max_distance=DIVISION_DISTANCE))
     found, truth = _edges(tracks), _truth_edges(detections, sample.tracks)
     n_true_divisions = int((sample.tracks["parent"] > 0).sum() // 2)
     assert n_true_divisions >= 5
@@ -170,9 +171,9 @@ def test_clean_synthetic_links_perfectly(request, tmp_path, sample_name):
 
 
 def test_divisions_are_parents_with_two_children(dividing_2d):
-    detections = detections_from_labels(dividing_2d.labels, voxel_size=dividing_2d.voxel_size)
-    with_divisions = link(detections, max_distance=MAX_DISTANCE, division_max_distance=DIVISION_DISTANCE)
-    without = link(detections, max_distance=MAX_DISTANCE, divisions=False)
+    detections = detections_from_labels(dividing_2d.labels, refine="none", voxel_size=dividing_2d.voxel_size)
+    with_divisions = link(detections, tracking(max_distance=MAX_DISTANCE, division_max_distance=DIVISION_DISTANCE))
+    without = link(detections, tracking(max_distance=MAX_DISTANCE, divisions=False))
     assert with_divisions.n_divisions >= 10
     assert without.n_divisions == 0
     children = with_divisions.lineage.groupby("parent").size().drop(0, errors="ignore")
@@ -184,13 +185,13 @@ def test_divisions_are_parents_with_two_children(dividing_2d):
 
 
 def test_gap_closing_across_a_dropped_detection(steady_2d):
-    detections = detections_from_labels(steady_2d.labels, voxel_size=steady_2d.voxel_size)
+    detections = detections_from_labels(steady_2d.labels, refine="none", voxel_size=steady_2d.voxel_size)
     dropped = (detections["t"] == 5) & (detections["label"] == 3)
     kept = detections[~dropped].reset_index(drop=True)
     before = int(np.flatnonzero((kept["t"] == 4) & (kept["label"] == 3))[0])
     after = int(np.flatnonzero((kept["t"] == 6) & (kept["label"] == 3))[0])
 
-    closed = link(kept, max_distance=MAX_DISTANCE, max_gap=2)
+    closed = link(kept, tracking(max_distance=MAX_DISTANCE, max_gap=2))
     track_before, track_after = closed.detection_track[before], closed.detection_track[after]
     assert track_before != track_after  # CTC: a track id never skips frames
     lineage = closed.lineage.set_index("label")
@@ -199,23 +200,23 @@ def test_gap_closing_across_a_dropped_detection(steady_2d):
     assert closed.n_divisions == 0
     assert len(closed.lineage) == 11  # ten cells, one of them in two pieces
 
-    open_gap = link(kept, max_distance=MAX_DISTANCE, max_gap=-1)
+    open_gap = link(kept, tracking(max_distance=MAX_DISTANCE, max_gap=-1))
     assert open_gap.lineage.set_index("label").loc[open_gap.detection_track[after], "parent"] == 0
 
 
 def test_empty_frame_is_a_gap_not_an_error(tmp_path, steady_2d):
     labels = steady_2d.labels.copy()
     labels[5] = 0
-    detections = detections_from_labels(labels, voxel_size=steady_2d.voxel_size)
+    detections = detections_from_labels(labels, refine="none", voxel_size=steady_2d.voxel_size)
     assert 5 not in set(detections["t"])
-    tracks = link(detections, max_distance=MAX_DISTANCE, max_gap=2)
+    tracks = link(detections, tracking(max_distance=MAX_DISTANCE, max_gap=2))
     # Every one of the ten cells is bridged across frame 5 by a single-child parent link.
     assert len(tracks.lineage) == 20
     assert (tracks.lineage["parent"] > 0).sum() == 10
     assert tracks.lineage.groupby("parent").size().drop(0).eq(1).all()
     assert summarize_tracks(track_statistics(tracks))["n_gap_closings"] == 10
     # Laptrack's percentile rule rejects the costliest of the ten (unambiguous) gaps.
-    compatible = link(detections, max_distance=MAX_DISTANCE, max_gap=2, laptrack_compatible=True)
+    compatible = link(detections, tracking(max_distance=MAX_DISTANCE, max_gap=2), laptrack_compatible=True)
     assert (compatible.lineage["parent"] > 0).sum() == 9
 
     paths = write_timelapse(steady_2d, tmp_path / "gt")
@@ -229,28 +230,24 @@ def test_empty_frame_is_a_gap_not_an_error(tmp_path, steady_2d):
 def test_anisotropic_voxels_change_the_nearest_neighbour():
     # Frame 0: one cell. Frame 1: one candidate 1 z-plane (2 um) away, one 3 px in x (1.5 um).
     detections = pd.DataFrame({"t": [0, 1, 1], "z": [5.0, 6.0, 5.0], "y": [20.0, 20.0, 20.0], "x": [20.0, 20.0, 23.0]})
-    physical = link(detections, max_distance=5.0, voxel_size=(2.0, 0.5, 0.5), divisions=False)
+    physical = link(detections, tracking(max_distance=5.0, divisions=False), voxel_size=(2.0, 0.5, 0.5))
     assert physical.detection_track[0] == physical.detection_track[2]
-    pixels = link(detections, max_distance=5.0, divisions=False)
+    pixels = link(detections, tracking(max_distance=5.0, divisions=False))
     assert pixels.detection_track[0] == pixels.detection_track[1]
     detections.attrs["voxel_size"] = (2.0, 0.5, 0.5)  # as detections_from_labels sets it
-    assert link(detections, max_distance=5.0, divisions=False).detection_track[2] == physical.detection_track[0]
+    from_attrs = link(detections, tracking(max_distance=5.0, divisions=False))
+    assert from_attrs.detection_track[2] == physical.detection_track[0]
 
 
 def test_matches_laptrack_links(dividing_2d):
     """With laptrack's alternative costs we reproduce its links, gaps and divisions exactly."""
     from laptrack import LapTrack
 
-    detections = detections_from_labels(dividing_2d.labels, voxel_size=dividing_2d.voxel_size)
+    detections = detections_from_labels(dividing_2d.labels, refine="none", voxel_size=dividing_2d.voxel_size)
     rng = np.random.default_rng(0)
     detections = detections[rng.random(len(detections)) > 0.05].reset_index(drop=True)  # gaps
-    ours = link(
-        detections,
-        max_distance=MAX_DISTANCE,
-        max_gap=2,
-        division_max_distance=DIVISION_DISTANCE,
-        laptrack_compatible=True,
-    )
+    settings = tracking(max_distance=MAX_DISTANCE, max_gap=2, division_max_distance=DIVISION_DISTANCE)
+    ours = link(detections, settings, laptrack_compatible=True)
 
     um = detections[["y", "x"]].to_numpy() * 0.5
     t = detections["t"].to_numpy()
@@ -269,21 +266,21 @@ def test_matches_laptrack_links(dividing_2d):
 
 
 def test_linking_is_deterministic_and_order_independent(dividing_2d):
-    detections = detections_from_labels(dividing_2d.labels, voxel_size=dividing_2d.voxel_size)
-    first = link(detections, max_distance=MAX_DISTANCE)
-    second = link(detections, max_distance=MAX_DISTANCE)
+    detections = detections_from_labels(dividing_2d.labels, refine="none", voxel_size=dividing_2d.voxel_size)
+    first = link(detections, tracking(max_distance=MAX_DISTANCE))
+    second = link(detections, tracking(max_distance=MAX_DISTANCE))
     pd.testing.assert_frame_equal(first.table, second.table)
     pd.testing.assert_frame_equal(first.lineage, second.lineage)
     shuffled_order = np.random.default_rng(1).permutation(len(detections))
     shuffled = detections.iloc[shuffled_order].reset_index(drop=True)
-    third = link(shuffled, max_distance=MAX_DISTANCE)
+    third = link(shuffled, tracking(max_distance=MAX_DISTANCE))
     mapped = {(int(shuffled_order[a]), int(shuffled_order[b])) for a, b in _edges(third)}
     assert mapped == _edges(first)
 
 
 def test_tracks_table_napari_and_lineage_formats(dividing_3d):
-    detections = detections_from_labels(dividing_3d.labels, voxel_size=dividing_3d.voxel_size)
-    tracks = link(detections, max_distance=MAX_DISTANCE, division_max_distance=DIVISION_DISTANCE)
+    detections = detections_from_labels(dividing_3d.labels, refine="none", voxel_size=dividing_3d.voxel_size)
+    tracks = link(detections, tracking(max_distance=MAX_DISTANCE, division_max_distance=DIVISION_DISTANCE))
     assert list(tracks.table.columns[:5]) == ["track_id", "t", "z", "y", "x"]
     assert {"parent", "detection", "label"} <= set(tracks.table.columns)
     assert tracks.table.equals(tracks.table.sort_values(["track_id", "t"]).reset_index(drop=True))
@@ -299,10 +296,10 @@ def test_tracks_table_napari_and_lineage_formats(dividing_3d):
 
 def test_empty_and_single_frame_inputs():
     empty = pd.DataFrame({"t": np.array([], int), "y": [], "x": []})
-    tracks = link(empty, max_distance=3.0)
+    tracks = link(empty, tracking(max_distance=3.0))
     assert tracks.n_tracks == 0 and len(tracks.table) == 0
     single = pd.DataFrame({"t": [4, 4], "y": [1.0, 9.0], "x": [1.0, 1.0]})
-    tracks = link(single, max_distance=3.0)
+    tracks = link(single, tracking(max_distance=3.0))
     assert tracks.lineage.to_dict("list") == {"label": [1, 2], "begin": [4, 4], "end": [4, 4], "parent": [0, 0]}
 
 
@@ -311,7 +308,7 @@ def test_track_statistics():
     rows = [(t, 10.0, 10.0 + 2 * t) for t in range(5)]
     rows += [(t, 14.0, 18.0 + t) for t in range(5, 8)] + [(t, 6.0, 18.0) for t in range(5, 8)]
     detections = pd.DataFrame(rows, columns=["t", "y", "x"])
-    tracks = link(detections, max_distance=5.0, voxel_size=0.5, division_max_distance=5.0)
+    tracks = link(detections, tracking(max_distance=5.0, division_max_distance=5.0), voxel_size=0.5)
     assert tracks.n_divisions == 1
     stats = track_statistics(tracks, time_interval=30.0).set_index("track_id")
     mother = int(tracks.detection_track[0])
@@ -328,12 +325,111 @@ def test_track_statistics():
     assert summary["mean_speed"] == pytest.approx((4.0 + 1.0 + 0.0) / (4 + 2 + 2) / 30.0)
 
 
+def _as_ngff(sample, labels=None):
+    """The sample's labels as the stage layer reads them (an NGFF label image, 30 s frames)."""
+    from snakescope.io.ngff import NgffImage
+
+    axes = "tyx" if sample.ndim == 2 else "tzyx"
+    labels = sample.labels if labels is None else labels
+    return NgffImage(path=None, axes=axes, scale=[30.0, *sample.voxel_size], levels=[labels], attrs={})
+
+
+def test_track_labels_with_settings(tmp_path, dividing_3d):
+    class Unreadable:
+        """An intensity image that must not be read (refine is 'none')."""
+
+        shape = dividing_3d.labels.shape
+
+        def __getitem__(self, index):
+            raise AssertionError("intensity read although refine is 'none'")
+
+    settings = tracking(max_distance=MAX_DISTANCE, division_max_distance=DIVISION_DISTANCE)
+    tracks = track_labels(_as_ngff(dividing_3d), settings, intensity=Unreadable(), source="cells3dt")
+    detections = detections_from_labels(dividing_3d.labels, refine="none", voxel_size=dividing_3d.voxel_size)
+    expected = link(detections, settings)
+    pd.testing.assert_frame_equal(tracks.table, expected.table)
+    pd.testing.assert_frame_equal(tracks.lineage, expected.lineage)
+    assert tracks.voxel_size == dividing_3d.voxel_size and tracks.n_divisions >= 3
+
+    weighted = track_labels(_as_ngff(dividing_3d), settings.replace(refine="weighted"),
+                            intensity=dividing_3d.image, source="cells3dt")
+    assert not np.allclose(weighted.table[["z", "y", "x"]], tracks.table[["z", "y", "x"]])
+    with pytest.raises(InputError, match="needs an intensity") as error:
+        track_labels(_as_ngff(dividing_3d), settings.replace(refine="gaussian"), source="cells3dt")
+    assert error.value.where == "cells3dt"
+
+    write_tracks_table(tracks, tmp_path / "tracks.csv")
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "tracks.csv"), tracks.table, check_dtype=False)
+    stats = write_track_statistics(tracks, tmp_path / "track_stats.csv", time_interval=30.0)
+    assert stats.attrs["units"]["mean_speed"] == "um/s"
+    assert pd.read_csv(tmp_path / "track_stats.csv")["track_id"].tolist() == tracks.lineage["label"].tolist()
+
+
+def test_track_plot_2d_3d_and_no_tracks(tmp_path, dividing_2d, dividing_3d):
+    import matplotlib.image
+
+    from snakescope.report.qc import track_plot
+
+    settings = tracking(max_distance=MAX_DISTANCE, division_max_distance=DIVISION_DISTANCE)
+    cases = {
+        "2d": _as_ngff(dividing_2d),
+        "3d": _as_ngff(dividing_3d),
+        "none": _as_ngff(dividing_3d, np.zeros_like(dividing_3d.labels)),
+    }
+    drawn = {}
+    for name, labels in cases.items():
+        tracks = track_labels(labels, settings, source=name)
+        summary = summarize_tracks(track_statistics(tracks, time_interval=30.0))
+        png = tmp_path / "qc" / f"{name}.png"
+        track_plot(tracks, png, title=f"{name}: {tracks.n_tracks} tracks", summary=summary,
+                   frame_shape=labels.shape[1:])
+        drawn[name] = (tracks.n_tracks, matplotlib.image.imread(png)[..., :3])
+    assert drawn["2d"][0] > 0 and drawn["3d"][0] > 0 and drawn["none"][0] == 0
+    for name, (_, pixels) in drawn.items():
+        colourful = (pixels.max(axis=-1) - pixels.min(axis=-1)) > 0.2  # track lines, not grey text
+        assert colourful.any() == (name != "none"), name
+    track_plot(track_labels(cases["none"], settings, source="none"), tmp_path / "bare.png")  # no frame shape
+    assert (tmp_path / "bare.png").stat().st_size > 0
+
+
+def test_track_sample_writes_every_output(tmp_path, dividing_3d):
+    """The tracking stage of one sample, from NGFF files, with sub-pixel refinement."""
+    from snakescope.ingest.convert import ingest
+    from snakescope.io import labels as labels_io
+    from snakescope.tracking import track_sample
+
+    voxel = dict(zip("zyx", dividing_3d.voxel_size), t=30.0)
+    tifffile.imwrite(tmp_path / "image.tif", dividing_3d.image, imagej=True, metadata={"axes": "TZYX"})
+    tifffile.imwrite(tmp_path / "labels.tif", dividing_3d.labels.astype(np.uint16), imagej=True,
+                     metadata={"axes": "TZYX"})
+    ingest(tmp_path / "image.tif", "TZYX", tmp_path / "image.ome.zarr", name="image", voxel_size=voxel)
+    ingest(tmp_path / "labels.tif", "TZYX", tmp_path / "as_image.ome.zarr", name="labels", voxel_size=voxel)
+
+    def copy(frame, out):
+        out[...] = frame[...]
+        return len(np.unique(frame[...])) - 1
+
+    labels_io.write_label_image(tmp_path / "as_image.ome.zarr", tmp_path / "labels.ome.zarr", copy)
+    settings = tracking(max_distance=MAX_DISTANCE, division_max_distance=DIVISION_DISTANCE, refine="weighted")
+    out = {name: tmp_path / "out" / name for name in ("tracks", "tracks.csv", "track_stats.csv", "tracks.png")}
+    summary = track_sample(tmp_path / "labels.ome.zarr", tmp_path / "image.ome.zarr", settings, channel=0,
+                           sample="cells3dt", ctc=out["tracks"], table=out["tracks.csv"],
+                           stats=out["track_stats.csv"], figure=out["tracks.png"])
+    assert all(path.exists() for path in out.values())
+    expected = link(detections_from_labels(dividing_3d.labels, dividing_3d.image, refine="weighted",
+                                           voxel_size=dividing_3d.voxel_size), settings)
+    table = pd.read_csv(out["tracks.csv"])
+    np.testing.assert_allclose(table[["z", "y", "x"]], expected.table[["z", "y", "x"]])
+    assert summary["n_tracks"] == expected.n_tracks and summary["speed_unit"] == "um/s"
+    assert read_ctc(out["tracks"], masks=False).tracks.equals(expected.lineage)
+
+
 # -- CTC format and metrics ---------------------------------------------------------------
 
 
 def test_ctc_round_trip(tmp_path, dividing_2d):
-    detections = detections_from_labels(dividing_2d.labels)
-    tracks = link(detections, max_distance=12.0, division_max_distance=16.0)
+    detections = detections_from_labels(dividing_2d.labels, refine="none")
+    tracks = link(detections, tracking(max_distance=12.0, division_max_distance=16.0))
     frames = (frame for frame in dividing_2d.labels)  # a stream: the frame count is unknown
     folder = write_ctc_result(frames, tracks, tmp_path / "01_RES")
     names = sorted(p.name for p in folder.iterdir())
@@ -352,7 +448,7 @@ def test_ctc_mask_names_have_four_digits_from_1000_frames(tmp_path):
     assert mask_name(7, 999) == "mask007.tif" and mask_name(7, 1000) == "mask0007.tif"
     labels = np.zeros((1000, 4, 4), np.uint16)
     labels[:, 1, 1] = 1
-    tracks = link(detections_from_labels(labels), max_distance=1.0)
+    tracks = link(detections_from_labels(labels, refine="none"), tracking(max_distance=1.0))
     write_ctc_result(labels, tracks, tmp_path / "res")
     assert (tmp_path / "res" / "mask0999.tif").exists() and not (tmp_path / "res" / "mask999.tif").exists()
     assert (tmp_path / "res" / "res_track.txt").read_text() == "1 0 999 0\n"
@@ -423,8 +519,8 @@ def test_match_frame_agrees_with_ctc_metrics(tmp_path, dividing_2d):
 
 def test_point_metrics_equal_mask_metrics(tmp_path, dividing_2d):
     paths = write_timelapse(dividing_2d, tmp_path / "gt")
-    detections = detections_from_labels(dividing_2d.labels, voxel_size=dividing_2d.voxel_size)
-    tracks = link(detections, max_distance=MAX_DISTANCE, max_gap=0, division_max_distance=4.0)
+    detections = detections_from_labels(dividing_2d.labels, refine="none", voxel_size=dividing_2d.voxel_size)
+    tracks = link(detections, tracking(max_distance=MAX_DISTANCE, max_gap=0, division_max_distance=4.0))
     write_ctc_result(dividing_2d.labels, tracks, tmp_path / "res")
     from_masks = evaluate_ctc(tmp_path / "res", paths["tracks_dir"])
     from_points = evaluate_detections(
@@ -445,26 +541,26 @@ def test_point_metrics_equal_mask_metrics(tmp_path, dividing_2d):
 
 def test_bad_inputs_name_the_problem(tmp_path, steady_2d):
     with pytest.raises(InputError, match="no time axis") as error:
-        detections_from_labels(np.zeros((32, 32), np.uint16), source="plate1/A01.tif")
+        detections_from_labels(np.zeros((32, 32), np.uint16), refine="none", source="plate1/A01.tif")
     assert error.value.where == "plate1/A01.tif"
     with pytest.raises(InputError, match="no time axis"):
-        detections_from_labels(np.zeros((4, 32, 32), np.uint16), axes="ZYX")
+        detections_from_labels(np.zeros((4, 32, 32), np.uint16), refine="none", axes="ZYX")
     with pytest.raises(InputError, match="frame 1 has shape"):
-        detections_from_labels([np.zeros((8, 8), np.uint16), np.zeros((8, 9), np.uint16)])
+        detections_from_labels([np.zeros((8, 8), np.uint16), np.zeros((8, 9), np.uint16)], refine="none")
     with pytest.raises(InputError, match="needs an intensity"):
         detections_from_labels(np.zeros((2, 8, 8), np.uint16), refine="gaussian")
     with pytest.raises(InputError, match="time column"):
-        link(pd.DataFrame({"y": [1.0], "x": [2.0]}), max_distance=3.0, source="sample7")
+        link(pd.DataFrame({"y": [1.0], "x": [2.0]}), tracking(max_distance=3.0), source="sample7")
     with pytest.raises(InputError, match="voxel_size"):
-        link(pd.DataFrame({"t": [0], "y": [1.0], "x": [2.0]}), max_distance=3.0, voxel_size=(1.0, 1.0, 1.0))
+        link(pd.DataFrame({"t": [0], "y": [1.0], "x": [2.0]}), tracking(max_distance=3.0), voxel_size=(1.0, 1.0, 1.0))
     csv = tmp_path / "points.csv"
     csv.write_text("index,axis-0,axis-1\n0,1.0,2.0\n")
     with pytest.raises(InputError, match="without a time axis"):
         read_points(csv)
 
     paths = write_timelapse(steady_2d, tmp_path / "gt")
-    detections = detections_from_labels(steady_2d.labels[:8])
-    write_ctc_result(steady_2d.labels[:8], link(detections, max_distance=12.0), tmp_path / "short")
+    detections = detections_from_labels(steady_2d.labels[:8], refine="none")
+    write_ctc_result(steady_2d.labels[:8], link(detections, tracking(max_distance=12.0)), tmp_path / "short")
     with pytest.raises(InputError, match="8 frames but the ground truth") as error:
         evaluate_ctc(tmp_path / "short", paths["tracks_dir"])
     assert "short" in error.value.where

@@ -12,6 +12,7 @@ DSB "accuracy" TP / (TP + FP + FN), panoptic quality and the mean IoU of matched
 * :func:`summarize` adds samples (or time points) up the way
   ``stardist.matching.matching_dataset`` does (``by_image=False``): counts and matched IoU
   are summed and the ratios recomputed, never averaged over images.
+* :func:`write_instance_metrics` writes every sample's rows and the summed rows as one CSV.
 
 Foreground Dice and Jaccard are 1 when both masks are empty (nothing to find, nothing found).
 """
@@ -24,8 +25,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from snakescope.io.atomic import atomic_path
 from snakescope.errors import InputError
+from snakescope.io.atomic import atomic_path
 
 __all__ = [
     "COUNT_COLUMNS",
@@ -174,9 +175,3 @@ def write_instance_metrics(per_sample: Mapping[str, pd.DataFrame], csv_path: str
     with atomic_path(csv_path) as tmp:
         table.to_csv(tmp, index=False, float_format="%.6g")
     return table
-
-
-# ---------------------------------------------------------------------------------------
-# Pixel classes
-
-

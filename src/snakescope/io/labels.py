@@ -1,9 +1,13 @@
 """The NGFF labels store every stage reads segmentations through, and ground-truth label files.
 
-``labels.ome.zarr`` holds one or two NGFF label images under ``labels/``: the instance
-labels (``segmentation``) and, from the U-Net, its pixel-class map (``classes``). Writing
-goes frame by frame into the Zarr arrays (:func:`write_label_image`), so memory is bounded
-by a frame's block, not the volume.
+A sample's segmentation is the NGFF 0.4 ``labels`` group of its image,
+``results/<sample>/image.ome.zarr/labels``: its attributes list the label images, the
+instance labels ``segmentation`` and, from the U-Net, its pixel-class map ``classes``;
+each is a multiscale image with ``image-label`` metadata whose source is the image two
+levels up. So napari (napari-ome-zarr) shows the labels over the image when the image is
+opened, and ome-zarr-models, bioio and napari read each part (tests/test_interop.py).
+Writing goes frame by frame into the Zarr arrays (:func:`write_label_image`), so memory is
+bounded by a frame's block, not the volume; the group appears complete or not at all.
 """
 
 from __future__ import annotations
@@ -59,14 +63,15 @@ def write_label_image(image_path, out_path, segment_frame, *, channel: int = 0, 
     """Segment every frame of an NGFF image with ``segment_frame`` into an NGFF labels group.
 
     ``segment_frame(frame, out)`` gets a lazy view of one frame (channel chosen) and a view of
-    the output Zarr array to fill, and returns the number of objects. The result is
-    ``out_path/labels/<name>``: uint32 labels with a nearest-neighbour pyramid, the image's
-    axes without c and its scale (NGFF ``image-label``), written atomically.
+    the output Zarr array to fill, and returns the number of objects. ``out_path`` is the
+    NGFF labels group to write (an image's ``labels``): ``out_path/<name>`` holds uint32
+    labels with a nearest-neighbour pyramid, the image's axes without c and its scale (NGFF
+    ``image-label``), written atomically.
 
-    With ``class_names``, a second labels image ``out_path/labels/classes`` (:data:`CLASS_MAP`:
+    With ``class_names``, a second label image ``out_path/classes`` (:data:`CLASS_MAP`:
     uint8 class ids, same axes, chunks and pyramid; the names are its NGFF label properties)
-    is written in the same folder, and ``segment_frame(frame, out, classes_out)`` gets a view
-    of it to fill too. The instance labels stay first in the root's ``labels`` list.
+    is written in the same group, and ``segment_frame(frame, out, classes_out)`` gets a view
+    of it to fill too. The instance labels stay first in the group's ``labels`` list.
     """
     image = ngff.read_image(image_path)
     label_axes, label_shape, label_chunks = label_layout(image)
@@ -74,13 +79,12 @@ def write_label_image(image_path, out_path, segment_frame, *, channel: int = 0, 
     with atomic_path(out_path) as tmp:
         root = ngff.open_group(tmp, "w")
         root.attrs["labels"] = [name, CLASS_MAP] if class_names else [name]
-        labels_group = root.create_group("labels")
-        group = labels_group.create_group(name)
+        group = root.create_group(name)
         shapes = ngff.pyramid_shapes(label_axes, label_shape, "auto")
         levels = ngff.create_levels(group, shapes, label_chunks, np.uint32, "lz4")
         class_levels = []
         if class_names:
-            class_group = labels_group.create_group(CLASS_MAP)
+            class_group = root.create_group(CLASS_MAP)
             class_levels = ngff.create_levels(class_group, shapes, label_chunks, np.uint8, "lz4")
         counts = segment_frames(image, channel, segment_frame, levels[0], *class_levels[:1])
         ngff.write_pyramid(group, label_axes, shapes, label_chunks, np.uint32, "lz4", 2, "nearest")
@@ -123,16 +127,16 @@ def label_metadata(group, axes: str, scale, n_levels: int, name: str, **image_la
 
 
 def read_labels_image(path: str | Path) -> ngff.NgffImage:
-    """The label image inside a labels.ome.zarr written by ``predict_stardist`` or the U-Net."""
+    """The instance labels of an NGFF labels group written by :func:`write_label_image`."""
     root = ngff.open_group(path, "r")
     name = root.attrs["labels"][0]
-    return ngff.read_image(Path(path) / "labels" / name)
+    return ngff.read_image(Path(path) / name)
 
 
 def read_class_map(path: str | Path) -> ngff.NgffImage:
-    """The U-Net's class map (uint8: 0 background, 1 contour, 2 body) inside a labels.ome.zarr."""
+    """The U-Net's class map (uint8: 0 background, 1 contour, 2 body) in an NGFF labels group."""
     root = ngff.open_group(path, "r")
     if CLASS_MAP not in list(root.attrs.get("labels", []))[1:]:
         raise InputError(path, "holds no U-Net class map (segmented by another method, or before class maps were "
                                "kept): delete it to segment again with segmentation.method unet")
-    return ngff.read_image(Path(path) / "labels" / CLASS_MAP)
+    return ngff.read_image(Path(path) / CLASS_MAP)

@@ -48,6 +48,8 @@ __all__ = ["STAGES", "Batch", "Job", "Plan", "digest_of", "manifest_path", "plan
 STAGES = ("prepare", "restore", "segment", "finish")
 RESULTS = "results"
 JOBS = f"{RESULTS}/jobs"
+#: A sample's segmentation: the NGFF labels group of its image (snakescope.io.labels).
+LABELS = "image.ome.zarr/labels"
 
 #: Segmentation keys that change a trained model (a change retrains); the others only
 #: change prediction.
@@ -324,9 +326,9 @@ class Plan:
         parts = self.scatter_parts(sid)
         steps = {"segment": step({"image": self.analysis_image(sid), "model": self.segmentation_model(nd),
                                   **{f"part{k}": p for k, p in enumerate(parts)}},
-                                 {"labels": sample_path(sid, "labels.ome.zarr")},
+                                 {"labels": sample_path(sid, LABELS)},
                                  {"channel": s.channel, "n_parts": len(parts)}, models=("model",)),
-                 "measure": step({"labels": sample_path(sid, "labels.ome.zarr"),
+                 "measure": step({"labels": sample_path(sid, LABELS),
                                   "image": sample_path(sid, "image.ome.zarr"),
                                   "analysis": self.analysis_image(sid),
                                   "classifier": self.classifier_model(nd)},
@@ -337,7 +339,7 @@ class Plan:
     def _finish_work(self, sid: str) -> dict:
         s, nd = self.samples[sid], self._ndim[sid]
         restored, segmented = self.restored(sid), self.segmented(sid)
-        image, labels = self.analysis_image(sid), sample_path(sid, "labels.ome.zarr")
+        image, labels = self.analysis_image(sid), sample_path(sid, LABELS)
         steps = {}
         if restored:
             steps["qc_restoration"] = step(

@@ -10,6 +10,8 @@ from snakescope.io import ngff
 from snakescope.io.atomic import atomic_path
 from snakescope.io.frames import frames
 
+__all__ = ["restoration_before_after", "segmentation_overlay", "track_plot"]
+
 
 def _middle_plane(array, index, spatial_ndim: int) -> np.ndarray:
     """A 2D view of a frame: the middle z plane of a stack, the plane itself in 2D."""
@@ -68,35 +70,58 @@ def segmentation_overlay(image_path, labels_path, out_png, *, channel: int = 0, 
     _save(fig, out_png, title)
 
 
-def track_plot(tracks, out_png, *, title: str = "", summary: dict | None = None) -> None:
-    """Tracks drawn in the x-y plane (coloured by track, divisions marked), for the report."""
+def track_plot(tracks, out_png, *, title: str = "", summary: dict | None = None, frame_shape=None) -> None:
+    """The tracks' y-x projection for the report, in micrometres (pixels when the tracks have
+    no voxel size): one line per track coloured by track, divisions starred where the mother
+    ends; 3D tracks are projected along z. ``frame_shape`` is the spatial shape of a frame
+    (``([z,] y, x)`` pixels): given, the axes span the field of view, so sparse tracks are
+    seen in place and an empty result still has real axes. Without tracks the figure says so.
+    ``summary`` (e.g. :func:`snakescope.tracking.statistics.summarize_tracks`) is printed
+    under the title."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    table = tracks.table
-    fig, ax = plt.subplots(figsize=(6, 6))
+    table, lineage = tracks.table, tracks.lineage
+    scale = tracks.voxel_size[-2:] if tracks.voxel_size is not None else (1.0, 1.0)
+    unit = "µm" if tracks.voxel_size is not None else "px"
+    y, x = table["y"].to_numpy() * scale[0], table["x"].to_numpy() * scale[1]
+    fig, ax = plt.subplots(figsize=(6, 6.4))
     cmap = plt.get_cmap("tab20")
-    for track_id, rows in table.groupby("track_id", sort=True):
-        rows = rows.sort_values("t")
-        ax.plot(rows["x"], rows["y"], "-", lw=1, color=cmap(int(track_id) % 20))
-    lineage = tracks.lineage
-    parents = lineage.loc[lineage["parent"] > 0, "parent"].value_counts()
-    dividing = set(parents[parents >= 2].index)
-    ends = table.sort_values("t").groupby("track_id").tail(1)
-    div = ends[ends["track_id"].isin(dividing)]
-    ax.plot(div["x"], div["y"], "k*", ms=8, label=f"divisions ({len(div)})")
-    ax.invert_yaxis()
+    ids = table["track_id"].to_numpy()
+    cut = np.flatnonzero(np.diff(ids)) + 1  # the table is sorted by track_id, t
+    for rows in np.split(np.arange(len(ids)), cut) if len(ids) else []:
+        ax.plot(x[rows], y[rows], "-", lw=1, color=cmap(int(ids[rows[0]]) % 20))
+    children = lineage.loc[lineage["parent"] > 0, "parent"].value_counts()
+    dividing = np.isin(ids, children[children >= 2].index.to_numpy())
+    last_row = np.append(ids[1:] != ids[:-1], True) if len(ids) else np.zeros(0, bool)
+    mothers = dividing & last_row
+    if len(ids):
+        ax.plot(x[mothers], y[mothers], "k*", ms=8, label=f"divisions ({int(mothers.sum())})")
+        ax.legend(fontsize=8, loc="lower right")
+    else:
+        ax.text(0.5, 0.5, "no tracks: no objects in any frame", transform=ax.transAxes, ha="center", va="center",
+                fontsize=12)
+    if frame_shape is not None:
+        height, width = frame_shape[-2] * scale[0], frame_shape[-1] * scale[1]
+        pixel_y, pixel_x = scale
+        ax.set_xlim(-pixel_x / 2, width - pixel_x / 2)
+        ax.set_ylim(-pixel_y / 2, height - pixel_y / 2)
+    elif not len(ids):
+        ax.set_xticks([])
+        ax.set_yticks([])
+    ax.invert_yaxis()  # image convention: y grows downwards
     ax.set_aspect("equal")
-    ax.set_xlabel("x (px)")
-    ax.set_ylabel("y (px)")
+    ax.set_xlabel(f"x ({unit})")
+    ax.set_ylabel(f"y ({unit})")
+    lines = [title] if title else []
+    if "z" in tracks.spatial:
+        lines.append("3D tracks projected along z")
     if summary:
-        text = ", ".join(f"{k}: {v:.3g}" if isinstance(v, float) else f"{k}: {v}" for k, v in list(summary.items())[:6])
-        ax.set_title(f"{title}\n{text}", fontsize=8)
-    elif title:
-        ax.set_title(title)
-    ax.legend(fontsize=8, loc="lower right")
+        items = [f"{k}: {v:.3g}" if isinstance(v, float) else f"{k}: {v}" for k, v in list(summary.items())[:6]]
+        lines += [", ".join(items[i:i + 3]) for i in range(0, len(items), 3)]
+    ax.set_title("\n".join(lines), fontsize=8)
     _save(fig, out_png)
 
 

@@ -39,16 +39,19 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from snakescope.io.atomic import atomic_path
 from snakescope.errors import InputError
+from snakescope.io.atomic import atomic_path
 
 __all__ = [
     "CTCData",
+    "LINEAGE_COLUMNS",
     "evaluate_ctc",
     "evaluate_detections",
     "evaluate_matched",
+    "mask_name",
     "match_frame",
     "read_ctc",
+    "read_lineage",
     "summarize_metrics",
     "write_ctc_result",
 ]
@@ -79,8 +82,8 @@ def write_ctc_result(labels, tracks, folder: str | Path, *, source: str = "label
         one frame at a time, e.g. zarr), a list of frames or any iterable of frames (read
         once, one frame in memory at a time). Objects without a detection in ``tracks``
         become background.
-    tracks : :class:`snakescope.tracking.Tracks` whose table has a ``label`` column (made by
-        :func:`snakescope.tracking.detections_from_labels`).
+    tracks : :class:`snakescope.tracking.linking.Tracks` whose table has a ``label`` column
+        (made by :func:`snakescope.tracking.linking.track_labels`).
     folder : the result folder; written into a temporary sibling and renamed when complete,
         so it appears whole or not at all.
 
