@@ -13,8 +13,8 @@ shot noise dominating in the nuclei and read noise in the background. PSNR uses
 
 N2V is trained on the noisy images only (self-supervised; training on the images to be
 denoised is legitimate for N2V), through the workflow's own code: the noisy images are
-written as NGFF images, ``snakescope.restore.train_n2v`` draws patches from them and
-``snakescope.restore.predict`` restores each blockwise. That runs in the n2v environment
+written as NGFF images, ``snakescope.restoration.train_n2v`` draws patches from them and
+``snakescope.restoration.predict`` restores each blockwise with the model loaded once. That runs in the n2v environment
 (a child process of this script).
 
 Keys
@@ -28,20 +28,20 @@ Keys
   clean image (the usual N2V evaluation, insensitive to contrast scaling).
   ``baseline``: which filter and parameter won. ``n2v_affine_slope``: median fitted slope.
 * ``blockwise_vs_whole_seconds_ratio``, ``max_abs_diff``: our blockwise prediction
-  (``restore.predict_array``: default blocks, halo = the U-Net's receptive field) against
+  (``restoration.predict_array``: default blocks, halo = the U-Net's receptive field) against
   csbdeep's/n2v's own whole-image ``N2V.predict`` on the same model and a 2048 x 2048 mosaic
   of noisy images (fits in memory), best of 3 timings each, in the same process.
 * ``peak_rss_gib``: peak RSS (ru_maxrss of the child process, TensorFlow included) of
-  ``restore.predict`` on a float32 NGFF volume of at least 4 GiB (t x 4096 x 4096, written
+  ``restoration.predict`` on a float32 NGFF volume of at least 4 GiB (t x 4096 x 4096, written
   blockwise into a temporary folder and removed afterwards), with the trained model.
   ``rss_volume_gib``, ``rss_predict_seconds``.
 * ``train_seconds``: N2V training wall-clock (the whole ``train_n2v`` call).
 
-Settings: ``snakescope.restore.N2V_DEFAULTS`` (patch 64, 1.5 % blind spots replaced by a
+Settings: the schema's ``restoration.n2v`` defaults (patch 64, 1.5 % blind spots replaced by a
 neighbour within radius 2 without the centre pixel, U-Net depth 2 / kernel 3 / 16 filters,
 batch 16, Adam 2e-3 with a cosine decay fitted to the budget, MSE), trained for the time
 budget rather than a number of epochs, no early stopping (the best validation epoch is
-kept). At 300 s of fitting under a shared machine these gave (all 120 images, same noise):
+kept), seed 0. At 300 s of fitting under a shared machine these gave (all 120 images, same noise):
 defaults 35.96 dB (36.03 affine); 32 filters 35.66; 4 % blind spots 34.05; 0.6 % 35.53;
 median manipulator 35.93; learning rate 4e-3 35.67; depth 3 35.43; against 35.30 dB
 (35.59 affine) for the best baseline (non-local means, h = 1.5 sigma) and 34.55 dB for the
@@ -51,8 +51,8 @@ Environment
 -----------
 ``SNAKESCOPE_BENCH_QUICK=1``: smoke mode (16 images, 90 s of training, a 0.25 GiB volume).
 ``SNAKESCOPE_BENCH_TRAIN_SECONDS``: training budget (default 870 s for the whole
-``train_n2v`` call, TensorFlow start and patch sampling included: about 15 minutes). ``SNAKESCOPE_BENCH_N2V``: JSON of N2V settings overriding the
-defaults. ``SNAKESCOPE_BENCH_VOLUME_GIB``: size of the RSS volume (default 4.0).
+``train_n2v`` call, TensorFlow start and patch sampling included: about 15 minutes).
+``SNAKESCOPE_BENCH_N2V``: JSON of ``restoration.n2v`` settings overriding the defaults. ``SNAKESCOPE_BENCH_VOLUME_GIB``: size of the RSS volume (default 4.0).
 ``SNAKESCOPE_BENCH_SKIP_RSS=1``: leave the big-volume part out.
 """
 
@@ -184,23 +184,31 @@ def baselines(noisy, cleans, quick: bool) -> dict:
 # Children in the n2v environment.
 
 
+def job_settings(work: Path):
+    """The N2V and ingest settings the main process resolved (the n2v environment has no
+    schema validator)."""
+    from snakescope.settings import Ingest, N2VTraining
+
+    job = json.loads((work / "job.json").read_text())
+    return N2VTraining.from_dict(job["n2v"]), Ingest.from_dict(job["ingest"])
+
+
 def child_train(work: Path) -> None:
     """Train N2V on the noisy NGFF images, restore each, compare blockwise vs whole."""
-    from snakescope.io import ngff
-    from snakescope.restoration import restore
-    job = json.loads((work / "job.json").read_text())
+    from snakescope import restoration
+
+    settings, ingest = job_settings(work)
     images = sorted(str(p) for p in (work / "noisy").glob("*.ome.zarr"))
-    settings = {**job["n2v"], "time_limit": job["train_seconds"]}
     t0 = time.perf_counter()
-    summary = restore.train_n2v(images, work / "model", **settings)
+    meta = restoration.train_n2v(images, work / "model", settings, seed=SEED)
     train_seconds = time.perf_counter() - t0
     t0 = time.perf_counter()
+    model = restoration.load_model(work / "model", "n2v")
     for path in images:
-        restore.predict(work / "model", "n2v", path, work / "restored" / Path(path).name)
+        restoration.predict(model, path, work / "restored" / Path(path).name, storage=ingest)
     predict_seconds = time.perf_counter() - t0
 
     # Blockwise (ours, in memory) against n2v's own whole-image predict, same model.
-    model = restore.load_model(work / "model", "n2v")
     mosaic = np.load(work / "mosaic.npy")
     out = np.empty_like(mosaic)
 
@@ -208,7 +216,7 @@ def child_train(work: Path) -> None:
         out[region] = block
 
     def ours():
-        restore.predict_array(model, lambda r: mosaic[r], write, mosaic.shape, "yx")
+        restoration.predict_array(model, lambda r: mosaic[r], write, mosaic.shape, "yx")
         return out
 
     def whole():
@@ -224,7 +232,7 @@ def child_train(work: Path) -> None:
         ref = whole()
         t_whole.append(time.perf_counter() - t)
     result = {
-        "train": summary, "train_seconds": round(train_seconds, 1), "predict_seconds": round(predict_seconds, 1),
+        "train": meta, "train_seconds": round(train_seconds, 1), "predict_seconds": round(predict_seconds, 1),
         "blockwise_seconds": round(min(t_ours), 3), "whole_seconds": round(min(t_whole), 3),
         "blockwise_vs_whole_seconds_ratio": round(min(t_ours) / min(t_whole), 3),
         "max_abs_diff": float(np.abs(out - ref).max()), "mosaic_shape": list(mosaic.shape),
@@ -234,9 +242,12 @@ def child_train(work: Path) -> None:
 
 
 def child_rss(work: Path) -> None:
-    from snakescope.restoration import restore
+    from snakescope import restoration
+
+    _, ingest = job_settings(work)
     t0 = time.perf_counter()
-    summary = restore.predict(work / "model", "n2v", work / "volume.ome.zarr", work / "volume_restored.ome.zarr")
+    summary = restoration.predict(restoration.load_model(work / "model", "n2v"), work / "volume.ome.zarr",
+                                  work / "volume_restored.ome.zarr", storage=ingest)
     seconds = time.perf_counter() - t0
     (work / "rss.json").write_text(json.dumps({
         "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
@@ -308,7 +319,10 @@ def main() -> None:
                 mosaic[y:y + 256, x:x + 256] = noisy[k % len(noisy)][:256, :256]
                 k += 1
         np.save(work / "mosaic.npy", mosaic)
-        (work / "job.json").write_text(json.dumps({"n2v": n2v, "train_seconds": budget}))
+        from snakescope.settings import defaults
+
+        settings = defaults().restoration.n2v.replace(**n2v, time_limit=budget)
+        (work / "job.json").write_text(json.dumps({"n2v": settings.to_dict(), "ingest": defaults().ingest.to_dict()}))
 
         t0 = time.perf_counter()
         base = baselines(noisy, cleans, quick)
@@ -339,14 +353,14 @@ def main() -> None:
             "n2v_beats_baseline": s_n2v["psnr"] > base["psnr_baseline"] and s_n2v["psnr_affine"] > base["psnr_baseline_affine"],
             "train_seconds": child["train_seconds"],
             "train_budget_seconds": budget,
-            "epochs_run": child["train"]["epochs_run"],
+            "epochs_run": child["train"]["training"]["epochs_run"],
             "n2v_predict_seconds": child["predict_seconds"],
             "baseline_seconds": round(baseline_seconds, 1),
             "blockwise_vs_whole_seconds_ratio": child["blockwise_vs_whole_seconds_ratio"],
             "blockwise_seconds": child["blockwise_seconds"],
             "whole_seconds": child["whole_seconds"],
             "max_abs_diff": child["max_abs_diff"],
-            "n2v_settings": {**n2v, "others": "snakescope.restore.N2V_DEFAULTS"},
+            "n2v_settings": {**n2v, "others": "the schema's restoration.n2v defaults"},
         }
         if os.environ.get("SNAKESCOPE_BENCH_SKIP_RSS") != "1":
             gib = float(os.environ.get("SNAKESCOPE_BENCH_VOLUME_GIB", 0.25 if quick else 4.0))

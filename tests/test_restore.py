@@ -1,4 +1,5 @@
-"""Restoration: blockwise tiling, patch sampling, N2V (n2v env) and CARE (main env), metrics.
+"""Restoration: patch sampling and N2V masking, N2V (n2v env) and CARE (main env) training and
+blockwise prediction, prediction blocks, metrics.
 
 The N2V checks need the n2v environment (n2v 0.3.3 works only with TF 2.15 / numpy 1.26):
 one subprocess runs all of them (TensorFlow takes seconds to start). It is started just
@@ -17,26 +18,22 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from snakescope.io import ngff
+from snakescope.blockwise.dense import receptive_halo
 from snakescope.errors import InputError
-from snakescope.restoration.restore import (
-    MANIPULATORS,
-    check_model,
-    main,
-    n2v_mask,
-    predict,
-    restoration_metrics,
-    sample_patches,
-    train_care,
-    train_n2v,
-)
-from snakescope.blockwise.dense import iter_blocks, predict_blockwise, receptive_halo, split_pad
+from snakescope.io import ngff
+from snakescope.restoration import check_model, load_model, predict, restoration_metrics, train_care, train_n2v
+from snakescope.restoration.models import default_block_shape
+from snakescope.restoration.patches import MANIPULATORS, n2v_mask, sample_patches
+from snakescope.settings import defaults
 
 # Keras 3 converts tensors with np.array(x) inside fit (its own deprecation, not ours).
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword")
 
 REPO = Path(__file__).resolve().parents[1]
 N2V_PYTHON = REPO / ".venv" / "n2v" / "bin" / "python"
+N2V_SETTINGS = defaults().restoration.n2v
+CARE_SETTINGS = defaults().restoration.care
+INGEST = defaults().ingest
 
 
 def write_ngff(path: Path, data: np.ndarray, axes: str, chunks) -> Path:
@@ -66,10 +63,13 @@ import json, shutil, sys
 from pathlib import Path
 import numpy as np
 from snakescope.io import ngff
-from snakescope.restoration import restore
+from snakescope.restoration import check_model, load_model, predict, train_n2v
+from snakescope.settings import Ingest, N2VTraining
 from snakescope.errors import InputError
 
 root = Path(sys.argv[1])
+given = json.loads((root / "settings.json").read_text())  # the schema's defaults (no jsonschema here)
+n2v, ingest = N2VTraining.from_dict(given["n2v"]), Ingest.from_dict(given["ingest"])
 out = {}
 def write(path, data, axes, chunks):
     g = ngff.open_group(path, "w")
@@ -85,41 +85,35 @@ clean = np.load(root / "clean_tyx.npy")
 noisy = (clean + 0.25 * rng.standard_normal(clean.shape)).astype(np.float32)
 a = write(root / "a.ome.zarr", noisy[:2], "tyx", (1, 32, 32))
 b = write(root / "b.ome.zarr", noisy[2:], "tyx", (1, 32, 32))
-tiny = dict(epochs=2, steps_per_epoch=6, batch_size=8, unet_depth=2, unet_n_first=8, n_patches=64,
-            patience=5, seed=3)
-# Through the CLI (as the workflow runs it), in this one process.
-rc = restore.main(["train-n2v", json.dumps({"images": [a, b], "out_dir": str(root / "n2v2d"),
-                                            "patch_shape": [32, 32], **tiny})])
-out["train_rc"] = rc
-rc = restore.main(["predict", json.dumps({"model_dir": str(root / "n2v2d"), "kind": "n2v", "in_path": a,
-                                          "out_path": str(root / "pred.ome.zarr"),
-                                          "block_shape": {"y": 48, "x": 40}})])
-out["predict_rc"] = rc
-model = restore.load_model(root / "n2v2d", "n2v")
-whole = np.stack([model.model.predict(noisy[i], "YX") for i in range(2)])  # n2v's own whole-image predict
-blockwise = ngff.read_image(root / "pred.ome.zarr").data[...]
+tiny = n2v.replace(patch_shape=[32, 32], epochs=2, steps_per_epoch=6, batch_size=8, unet_depth=2, unet_n_first=8,
+                   n_patches=64, patience=5)
+out["train"] = train_n2v([a, b], root / "n2v2d", tiny, seed=3)
+# One loaded model restores several images.
+model = load_model(root / "n2v2d", "n2v")
+out["predict"] = predict(model, a, root / "pred.ome.zarr", storage=ingest, block_shape={"y": 48, "x": 40})
+predict(model, b, root / "pred_b.ome.zarr", storage=ingest)
+whole = np.stack([model.model.predict(noisy[i], "YX") for i in range(4)])  # n2v's own whole-image predict
+blockwise = np.concatenate([ngff.read_image(root / name).data[...] for name in ("pred.ome.zarr", "pred_b.ome.zarr")])
 out["max_abs_diff"] = float(np.abs(blockwise - whole).max())
 out["max_abs"] = float(np.abs(whole).max())
 out["pred_shape"] = list(blockwise.shape)
 out["pred_dtype"] = str(blockwise.dtype)
-out["mse_noisy"] = float(np.mean((noisy[:2] - clean[:2]) ** 2))
-out["mse_n2v"] = float(np.mean((blockwise - clean[:2]) ** 2))
 
 # 3D: a z stack gives 3D patches and a 3D model.
 vol = (np.load(root / "clean_zyx.npy") + 0.25 * rng.standard_normal((16, 48, 48))).astype(np.float32)
 v = write(root / "v.ome.zarr", vol, "zyx", (8, 32, 32))
-res3 = restore.train_n2v([v], root / "n2v3d", patch_shape=(8, 16, 16), epochs=1, steps_per_epoch=4, batch_size=4,
-                         unet_depth=1, unet_n_first=8, n_patches=32, seed=1)
-out["train3d"] = res3
-restore.predict(root / "n2v3d", "n2v", v, root / "pred3d.ome.zarr", block_shape={"z": 8, "y": 24, "x": 24})
-model3 = restore.load_model(root / "n2v3d", "n2v")
+tiny3 = n2v.replace(patch_shape=[16, 16], patch_depth=8, epochs=1, steps_per_epoch=4, batch_size=4, unet_depth=1,
+                    unet_n_first=8, n_patches=32)
+out["train3d"] = train_n2v([v], root / "n2v3d", tiny3, seed=1)
+predict(root / "n2v3d", v, root / "pred3d.ome.zarr", storage=ingest, block_shape={"z": 8, "y": 24, "x": 24})
+model3 = load_model(root / "n2v3d", "n2v")
 whole3 = model3.model.predict(vol, "ZYX")
 out["max_abs_diff_3d"] = float(np.abs(ngff.read_image(root / "pred3d.ome.zarr").data[...] - whole3).max())
 
 # A pretrained model from a local folder (a copy) gives the same restoration.
 shutil.copytree(root / "n2v2d", root / "copied_model")
-restore.predict(root / "copied_model", "n2v", a, root / "pred_copy.ome.zarr")
-out["pretrained_same"] = bool(np.allclose(ngff.read_image(root / "pred_copy.ome.zarr").data[...], whole, atol=1e-5))
+predict(root / "copied_model", a, root / "pred_copy.ome.zarr", storage=ingest)
+out["pretrained_same"] = bool(np.allclose(ngff.read_image(root / "pred_copy.ome.zarr").data[...], whole[:2], atol=1e-5))
 
 # Bad input, in the n2v environment too.
 def error(fn):
@@ -132,10 +126,10 @@ broken = root / "broken_model"
 broken.mkdir()
 (broken / "config.json").write_text(json.dumps(dict(json.loads((root / "n2v2d" / "config.json").read_text()))))
 (broken / "weights_best.h5").write_bytes(b"not hdf5")
-out["broken_error"] = error(lambda: restore.predict(broken, "n2v", a, root / "never.ome.zarr"))
+out["broken_error"] = error(lambda: predict(broken, a, root / "never.ome.zarr", storage=ingest))
 out["broken_no_output"] = not (root / "never.ome.zarr").exists() and not list(root.glob("never.ome.zarr.partial-*"))
-out["missing_error"] = error(lambda: restore.predict(root / "nope", "n2v", a, root / "never2.ome.zarr"))
-out["care_as_n2v_error"] = error(lambda: restore.check_model(root / "n2v2d", "care"))
+out["missing_error"] = error(lambda: predict(root / "nope", a, root / "never2.ome.zarr", storage=ingest))
+out["care_as_n2v_error"] = error(lambda: check_model(root / "n2v2d", "care"))
 (root / "result.json").write_text(json.dumps(out))
 """
 
@@ -154,6 +148,7 @@ class N2VRun:
         rng = np.random.default_rng(5)
         np.save(root / "clean_tyx.npy", smooth_image(rng, (4, 96, 112), 3.0))
         np.save(root / "clean_zyx.npy", smooth_image(rng, (16, 48, 48), 2.0))
+        (root / "settings.json").write_text(json.dumps({"n2v": N2V_SETTINGS.to_dict(), "ingest": INGEST.to_dict()}))
         env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "TF_CPP_MIN_LOG_LEVEL": "2"}
         cls.log = open(root / "n2v.log", "w")
         cls.proc = subprocess.Popen([str(N2V_PYTHON), "-c", N2V_SCRIPT, str(root)], stdout=cls.log,
@@ -184,82 +179,10 @@ def n2v_root(tmp_path_factory):
 
 
 # ---------------------------------------------------------------------------------------
-# Tiling.
-
-
-def test_blocks_tile_the_image_once_with_aligned_halos():
-    shape, axes = (3, 37, 50), "tyx"
-    pad = split_pad((1, 37, 50), (1, 4, 4))
-    blocks = list(iter_blocks(shape, axes, {"t": 1, "y": 16, "x": 16}, {"y": 6, "x": 6}, align={"y": 4, "x": 4}, pad=pad))
-    count = np.zeros(shape, int)
-    for b in blocks:
-        count[b.core] += 1
-        for i, a in enumerate(axes):
-            core, outer, crop = b.core[i], b.outer[i], b.crop[i]
-            assert outer.start <= core.start and outer.stop >= core.stop
-            assert crop.start == core.start - outer.start and crop.stop - crop.start == core.stop - core.start
-            if a in "yx":
-                lo, hi = pad[i]
-                # the halo is there unless the (padded) border is reached
-                assert outer.start == -lo or core.start - outer.start >= 6
-                assert outer.stop == shape[i] + hi or outer.stop - core.stop >= 6
-                # outer regions sit on the network's grid: start and size multiples of 4 from -lo
-                assert (outer.start + lo) % 4 == 0 and (outer.stop - outer.start) % 4 == 0
-            else:
-                assert outer == core
-    assert (count == 1).all()
-    assert len(blocks) == 3 * 3 * 4
-
-
-def test_blockwise_equals_whole_image_and_reads_bounded_blocks():
-    rng = np.random.default_rng(0)
-    img = rng.random((2, 75, 90)).astype(np.float32)
-    align = (1, 8, 8)
-    pads = split_pad(img.shape, align)
-
-    def net(block):  # a local operator of radius 5 that needs sizes divisible by 8
-        assert block.shape[1] % 8 == 0 and block.shape[2] % 8 == 0
-        return ndimage.uniform_filter(block, size=(1, 11, 11), mode="constant")
-
-    padded = np.pad(img, pads, mode="reflect")
-    whole = net(padded)[:, pads[1][0]:pads[1][0] + 75, pads[2][0]:pads[2][0] + 90]
-    out = np.full(img.shape, np.nan, np.float32)
-    reads = []
-
-    def read(region):
-        reads.append(img[region].size)
-        return img[region]
-
-    def write(region, block):
-        out[region] = block
-
-    stats = predict_blockwise(read, write, img.shape, "tyx", {"t": 1, "y": 32, "x": 32}, {"y": 8, "x": 8}, net,
-                              align={"y": 8, "x": 8})
-    np.testing.assert_allclose(out, whole, rtol=0, atol=1e-6)
-    assert stats["n_blocks"] == 2 * 3 * 3
-    # one block with its halo (widened to the grid of 8 at most 7 per side), never the image
-    assert max(reads) <= (32 + 2 * (8 + 7)) ** 2 < img[0].size
-
-
-def test_blockwise_raises_predict_errors_and_stops():
-    def bad(block):
-        raise RuntimeError("model failed")
-
-    with pytest.raises(RuntimeError, match="model failed"):
-        predict_blockwise(lambda r: np.zeros((1, 8, 8))[r], lambda r, b: None, (1, 64, 64), "tyx",
-                          {"t": 1, "y": 8, "x": 8}, 0, bad)
-
-
-def test_receptive_halo_covers_csbdeep_table():
-    from_table = {(1, 3): 9, (1, 5): 17, (2, 3): 22, (2, 5): 43, (3, 3): 46, (3, 5): 92}
-    for (depth, kern), overlap in from_table.items():
-        halo = receptive_halo(depth, kern)
-        assert halo >= overlap and halo % 2**depth == 0 and halo - overlap < 2**depth + 6
+# Prediction blocks.
 
 
 def test_default_blocks_bound_memory_not_volume():
-    from snakescope.restoration.restore import default_block_shape
-
     for axes, shape, nd in [("tyx", (65, 4096, 4096), 2), ("tyx", (500, 256, 256), 2), ("zyx", (200, 4096, 4096), 3),
                             ("tczyx"[:1] + "zyx", (3, 40, 2048, 2048), 3)]:
         block = default_block_shape(axes, shape, nd, halo=24, n_first=16, chunks=tuple(min(512, s) for s in shape))
@@ -322,11 +245,11 @@ def test_patch_sampling_3d_pairs_and_frames(rng):
 def test_too_few_patches_is_an_input_error(tmp_path, rng):
     small = write_ngff(tmp_path / "small.ome.zarr", rng.random((40, 50)), "yx", (32, 32))
     with pytest.raises(InputError, match=r"too few patches.*only 1 non-overlapping.*at least 8 are needed") as exc:
-        train_n2v([str(small)], tmp_path / "model", patch_shape=(32, 32))
+        train_n2v([str(small)], tmp_path / "model", N2V_SETTINGS.replace(patch_shape=[32, 32]), seed=0)
     assert "small.ome.zarr" in str(exc.value)
     assert no_partials(tmp_path / "model")
     with pytest.raises(InputError, match="too few patches"):
-        train_care(str(small), str(small), tmp_path / "care", patch_shape=(32, 32))
+        train_care(str(small), str(small), tmp_path / "care", CARE_SETTINGS.replace(patch_shape=[32, 32]), seed=0)
     assert no_partials(tmp_path / "care")
 
 
@@ -409,7 +332,7 @@ def test_mismatched_target_shape_names_sample_and_shapes(tmp_path, rng):
     src = write_ngff(tmp_path / "s.ome.zarr", rng.random((64, 80)), "yx", (32, 32))
     tgt = write_ngff(tmp_path / "t.ome.zarr", rng.random((64, 72)), "yx", (32, 32))
     with pytest.raises(InputError, match=r"sample7.*\(64, 72\).*\(64, 80\)"):
-        train_care(str(src), str(tgt), tmp_path / "care", name="sample7")
+        train_care(str(src), str(tgt), tmp_path / "care", CARE_SETTINGS, seed=0, name="sample7")
     assert no_partials(tmp_path / "care")
     with pytest.raises(InputError, match=r"\(64, 72\)"):
         restoration_metrics(str(src), str(src), str(tgt))
@@ -419,12 +342,12 @@ def test_missing_or_incompatible_model_folder(tmp_path, rng):
     img = write_ngff(tmp_path / "img.ome.zarr", rng.random((64, 64)), "yx", (32, 32))
     out = tmp_path / "restored.ome.zarr"
     with pytest.raises(InputError, match="nowhere.*does not exist"):
-        predict(tmp_path / "nowhere", "care", img, out)
+        predict(tmp_path / "nowhere", img, out, storage=INGEST)
     assert no_partials(out)
     bad = tmp_path / "not_a_model"
     bad.mkdir()
     with pytest.raises(InputError, match="not_a_model.*no config.json"):
-        predict(bad, "care", img, out)
+        predict(bad, img, out, storage=INGEST)
     (bad / "config.json").write_text(json.dumps({"n_dim": 2}))
     with pytest.raises(InputError, match="lacks"):
         check_model(bad, "care")
@@ -433,11 +356,7 @@ def test_missing_or_incompatible_model_folder(tmp_path, rng):
     with pytest.raises(InputError, match="no weights"):
         check_model(bad, "care")
     with pytest.raises(InputError, match="is a CARE model folder, not a N2V one"):
-        check_model(bad, "n2v")
-    assert no_partials(out)
-    # The CLI reports the same problem as one line and exit status 1.
-    assert main(["predict", json.dumps({"model_dir": str(tmp_path / "nowhere"), "kind": "care", "in_path": str(img),
-                                        "out_path": str(out)})]) == 1
+        load_model(bad, "n2v")
     assert no_partials(out)
 
 
@@ -456,10 +375,10 @@ def care(tmp_path_factory, n2v_root):
     two = np.stack([noisy, np.full_like(noisy, 0.25)], axis=1)
     src = write_ngff(root / "noisy.ome.zarr", two, "tcyx", (1, 1, 32, 32))
     tgt = write_ngff(root / "clean.ome.zarr", clean, "tyx", (1, 32, 32))
-    summary = train_care(str(src), str(tgt), root / "model", name="sampleA", channel=0, patch_shape=(32, 32),
-                         epochs=2, steps_per_epoch=25, batch_size=16, unet_depth=2, unet_n_first=16, n_patches=256,
-                         learning_rate=3e-3, patience=3, seed=0)
-    return {"root": root, "src": src, "tgt": tgt, "clean": clean, "noisy": noisy, "summary": summary}
+    settings = CARE_SETTINGS.replace(patch_shape=[32, 32], epochs=2, steps_per_epoch=25, batch_size=16, unet_depth=2,
+                                     unet_n_first=16, n_patches=256, learning_rate=3e-3, patience=3)
+    meta = train_care(str(src), str(tgt), root / "model", settings, seed=0, name="sampleA", channel=0)
+    return {"root": root, "src": src, "tgt": tgt, "clean": clean, "noisy": noisy, "meta": meta, "settings": settings}
 
 
 @pytest.mark.slow
@@ -476,8 +395,15 @@ def test_care_training_writes_model_folder_and_curves(care):
     assert (model / "training.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "epoch 2" in (model / "training.log").read_text()
     meta = json.loads((model / "snakescope.json").read_text())
-    assert meta["kind"] == "care" and meta["channel"] == 0 and meta["halo"] == receptive_halo(2, 3)
-    assert care["summary"]["epochs_run"] == 2 and care["summary"]["n_val_patches"] >= 1
+    assert meta == care["meta"]
+    assert meta["kind"] == "care" and meta["ndim"] == 2 and meta["seed"] == 0 and meta["parent"] is None
+    assert meta["halo"] == receptive_halo(2, 3) and meta["align"] == 4 and meta["axes"] == "yx"
+    assert meta["settings"] == care["settings"].to_dict()
+    data = meta["data"]
+    assert data["channel"] == 0 and data["images"] == ["sampleA"] and data["targets"] == ["sampleA (target)"]
+    assert data["patch_shape"] == [32, 32] and data["n_train_patches"] + data["n_val_patches"] == 256
+    assert meta["training"]["epochs_run"] == 2 and meta["training"]["stopped_by"] == "epochs"
+    assert "weights_now.h5" not in names
     assert check_model(model, "care")["kind"] == "care"
     assert not list(care["root"].glob("model.partial-*"))
 
@@ -485,7 +411,7 @@ def test_care_training_writes_model_folder_and_curves(care):
 @pytest.mark.slow
 def test_care_blockwise_prediction_equals_whole_image(care):
     out = care["root"] / "restored.ome.zarr"
-    summary = predict(care["root"] / "model", "care", care["src"], out, channel=0, block_shape={"t": 1, "y": 40, "x": 48})
+    summary = predict(care["root"] / "model", care["src"], out, storage=INGEST, channel=0, block_shape={"t": 1, "y": 40, "x": 48})
     assert summary["n_blocks"] == 3 * 3 * 2
     restored = ngff.read_image(out)
     source = ngff.read_image(care["src"])
@@ -504,14 +430,10 @@ def test_care_blockwise_prediction_equals_whole_image(care):
 
 @pytest.mark.slow
 def test_care_reduces_error_and_metrics(care):
-    out = care["root"] / "restored_cli.ome.zarr"
-    metrics_path = care["root"] / "metrics.json"
-    # the CLI, as the workflow calls it: predict, then metrics against the clean target
-    assert main(["predict", json.dumps({"model_dir": str(care["root"] / "model"), "kind": "care",
-                                        "in_path": str(care["src"]), "out_path": str(out), "channel": 0})]) == 0
-    assert main(["metrics", json.dumps({"source": str(care["src"]), "restored": str(out), "target": str(care["tgt"]),
-                                        "channel": 0, "out": str(metrics_path)})]) == 0
-    m = json.loads(metrics_path.read_text())
+    out = care["root"] / "restored_loaded.ome.zarr"
+    model = load_model(care["root"] / "model", "care")
+    predict(model, care["src"], out, storage=INGEST, channel=0)
+    m = restoration_metrics(str(care["src"]), str(out), str(care["tgt"]), channel=0)
     restored = ngff.read_image(out).data[:, 0]
     mse_in = np.mean((care["noisy"] - care["clean"]) ** 2)
     mse_out = np.mean((restored - care["clean"]) ** 2)
@@ -519,6 +441,39 @@ def test_care_reduces_error_and_metrics(care):
     assert m["psnr_restored"] == pytest.approx(10 * np.log10(1.0 / mse_out), abs=1e-3)
     assert m["psnr_restored"] > m["psnr_input"] + 3  # a short training already removes most noise
     assert m["ssim_restored"] > m["ssim_input"]
+    # The same loaded model restores another image (another shape, no channel axis), as a
+    # model loaded for that image alone would.
+    other = write_ngff(care["root"] / "other.ome.zarr", care["noisy"][:2, :80, :72], "tyx", (1, 32, 32))
+    predict(model, other, care["root"] / "other_loaded.ome.zarr", storage=INGEST)
+    predict(care["root"] / "model", other, care["root"] / "other_alone.ome.zarr", storage=INGEST)
+    np.testing.assert_array_equal(ngff.read_image(care["root"] / "other_loaded.ome.zarr").data[...],
+                                  ngff.read_image(care["root"] / "other_alone.ome.zarr").data[...])
+
+
+def weights(path: Path) -> list[np.ndarray]:
+    import h5py
+
+    arrays = []
+    with h5py.File(path, "r") as f:
+        f.visititems(lambda name, item: arrays.append(item[()]) if isinstance(item, h5py.Dataset) else None)
+    return arrays
+
+
+@pytest.mark.slow
+def test_care_training_starts_from_a_parent_model(care):
+    parent = care["root"] / "model"
+    # a learning rate too small to move the weights: the result is the parent
+    settings = care["settings"].replace(epochs=1, steps_per_epoch=1, n_patches=64, learning_rate=1e-12, patience=0)
+    meta = train_care(str(care["src"]), str(care["tgt"]), care["root"] / "child", settings, seed=1, channel=0,
+                      parent=parent)
+    assert meta["parent"] == str(parent)
+    for mine, theirs in zip(weights(care["root"] / "child" / "weights_last.h5"), weights(parent / "weights_best.h5"),
+                            strict=True):
+        np.testing.assert_allclose(mine, theirs, rtol=0, atol=1e-6)
+    with pytest.raises(InputError, match="model.*network differs"):
+        train_care(str(care["src"]), str(care["tgt"]), care["root"] / "wider", settings.replace(unet_n_first=8), seed=1,
+                   channel=0, parent=parent)
+    assert no_partials(care["root"] / "wider")
 
 
 # ---------------------------------------------------------------------------------------
@@ -532,7 +487,6 @@ def n2v(n2v_root):
 
 @pytest.mark.slow
 def test_n2v_training_writes_model_folder_csv_and_png(n2v, n2v_root):
-    assert n2v["train_rc"] == 0
     model = n2v_root / "n2v2d"
     names = {p.name for p in model.iterdir()}
     assert {"config.json", "weights_best.h5", "weights_last.h5", "training.csv", "training.png", "training.log",
@@ -546,22 +500,25 @@ def test_n2v_training_writes_model_folder_csv_and_png(n2v, n2v_root):
     config = json.loads((model / "config.json").read_text())
     assert config["n2v_patch_shape"] == [32, 32] and config["train_tensorboard"] is False
     meta = json.loads((model / "snakescope.json").read_text())
-    assert meta["kind"] == "n2v" and meta["images"] == [str(n2v_root / "a.ome.zarr"), str(n2v_root / "b.ome.zarr")]
+    assert meta == n2v["train"]
+    assert meta["kind"] == "n2v" and meta["data"]["images"] == [str(n2v_root / "a.ome.zarr"), str(n2v_root / "b.ome.zarr")]
+    assert meta["seed"] == 3 and meta["settings"]["unet_n_first"] == 8 and meta["versions"]["keras"].startswith("2.")
+    assert meta["training"]["epochs_run"] == 2 and "weights_now.h5" not in names
     assert check_model(model, "n2v")["ndim"] == 2  # the main environment can validate N2V folders
 
 
 @pytest.mark.slow
 def test_n2v_blockwise_prediction_equals_whole_image(n2v):
-    assert n2v["predict_rc"] == 0
-    assert n2v["pred_shape"] == [2, 96, 112] and n2v["pred_dtype"] == "float32"
+    assert n2v["predict"]["kind"] == "n2v" and n2v["predict"]["n_blocks"] == 2 * 3  # t batched
+    assert n2v["pred_shape"] == [4, 96, 112] and n2v["pred_dtype"] == "float32"  # two images, one loaded model
     assert n2v["max_abs_diff"] <= 1e-5 * max(1.0, n2v["max_abs"])
     assert n2v["max_abs_diff_3d"] <= 1e-5 * 10
 
 
 @pytest.mark.slow
 def test_n2v_3d_model_from_z_stack(n2v):
-    assert n2v["train3d"]["ndim"] == 3 and n2v["train3d"]["patch_shape"] == [8, 16, 16]
-    assert n2v["train3d"]["epochs_run"] == 1
+    assert n2v["train3d"]["ndim"] == 3 and n2v["train3d"]["data"]["patch_shape"] == [8, 16, 16]
+    assert n2v["train3d"]["training"]["epochs_run"] == 1 and n2v["train3d"]["axes"] == "zyx"
 
 
 @pytest.mark.slow
