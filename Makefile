@@ -35,7 +35,9 @@ demo: setup resources/demo/.done
 	@echo "HTML report: results/report.html"
 	@echo "Demo models were trained with tiny budgets (config/demo.yaml): the figures show the pipeline works, not its accuracy."
 
-test: setup
+# .venv/check holds other projects' readers and validators (napari-ome-zarr, bioio,
+# ome-zarr-models, ...): the tests open what the workflow writes with them.
+test: setup $(VENV)/check/.synced
 	$(MAIN) -m pytest
 
 lint: setup resources/demo/.done

@@ -130,7 +130,7 @@ def read_sheet(path: str | Path) -> tuple[list[dict], list[str]]:
     path = Path(path)
     if not path.exists():
         return [], [f"{path}: samples sheet not found"]
-    with open(path, newline="") as fh:
+    with open(path, newline="", encoding="utf-8-sig") as fh:  # utf-8-sig: Excel's byte-order mark
         lines = [ln for ln in fh if ln.strip() and not ln.lstrip().startswith("#")]
     reader = csv.DictReader(lines, delimiter="\t")
     problems = []
@@ -165,6 +165,45 @@ def _row_problems(row: dict) -> list[str]:
             problems.append(f"voxel_size '{row['voxel_size']}': {n} values for the {len(_spatial(axes))} spatial axes {_spatial(axes)} (give one per axis in z,y,x order, or one for all)")
     if int(row.get("channel", "0") or 0) > 0 and axes and "C" not in axes:
         problems.append(f"channel {row['channel']}: the axes '{row['axes']}' have no C")
+    if "voxel_size" in row and any(float(v) <= 0 for v in row["voxel_size"].split(",")):
+        problems.append(f"voxel_size '{row['voxel_size']}': every size must be above 0 micrometres")
+    if "time_interval" in row and float(row["time_interval"]) <= 0:
+        problems.append(f"time_interval '{row['time_interval']}': must be above 0 seconds")
+    return problems
+
+
+def _sheet_error(error, schema: dict) -> str:
+    """A schema error about a sheet cell in words: a pattern mismatch names what the column
+    takes (its description) rather than printing the regular expression."""
+    column = _path_of(error)
+    if error.validator == "pattern" and error.absolute_path:
+        described = schema["properties"].get(column, {}).get("description", "")
+        return f"column '{column}': {error.instance!r} is not valid here ({described})"
+    if error.validator == "not" and column == "sample_id":
+        return f"column 'sample_id': {error.instance!r} is taken by the workflow's own results folder; rename the sample"
+    return f"column '{column}': {error.message}" if error.absolute_path else error.message
+
+
+#: Config keys naming a folder the user provides (pretrained models, ready patches).
+FOLDER_KEYS = ("restoration.model_2d", "restoration.model_3d", "segmentation.model_2d", "segmentation.model_3d",
+               "classification.model_2d", "classification.model_3d", "classification.patch_folder_2d",
+               "classification.patch_folder_3d")
+
+
+def _folder_problems(config: dict, where: str) -> list[str]:
+    """Folders given in the config exist and hold something: checked with the config, before
+    anything runs, rather than one sample at a time after ingest."""
+    problems = []
+    for key in FOLDER_KEYS:
+        section, name = key.split(".")
+        value = config.get(section, {}).get(name) if isinstance(config.get(section), dict) else None
+        if not isinstance(value, str):
+            continue
+        folder = Path(value)
+        if not folder.is_dir():
+            problems.append(f"{where}: key '{key}': folder {value} does not exist")
+        elif not any(folder.iterdir()):
+            problems.append(f"{where}: key '{key}': folder {value} is empty")
     return problems
 
 
@@ -192,15 +231,17 @@ def load(config: dict, config_name: str = "config") -> tuple[dict, dict[str, Sam
     the sample's ingest job then fails with the file named, and others go on (--keep-going).
     """
     config, problems = validate_config(config, config_name)
+    problems += _folder_problems(config, config_name)
     sheet = config.get("samples", "config/samples.tsv")
     rows, sheet_problems = read_sheet(sheet)
     problems += sheet_problems
-    validator = _validator(load_schema("samples"))
+    sheet_schema = load_schema("samples")
+    validator = _validator(sheet_schema)
     samples: dict[str, Sample] = {}
     warnings = []
     for number, row in enumerate(rows, start=1):
         label = f"{sheet} row {number}" + (f" (sample '{row['sample_id']}')" if "sample_id" in row else "")
-        errors = [f"column '{_path_of(e)}': {e.message}" if e.absolute_path else e.message for e in validator.iter_errors(row)]
+        errors = [_sheet_error(e, sheet_schema) for e in validator.iter_errors(row)]
         errors += [] if errors else _row_problems(row)
         if not errors and row["sample_id"] in samples:
             errors.append(f"sample_id '{row['sample_id']}' is used twice")

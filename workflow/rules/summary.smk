@@ -17,7 +17,7 @@ rule gather_metrics:
     params:
         python=python_for("main"),
     shell:
-        "{params.python} " + ENTRY + " gather {wildcards.kind} --out {output:q} {input:q}"
+        "{params.python} " + ENTRY + " gather {wildcards.kind} --out {output:q} --manifests {input:q}"
         " > {log:q} 2>&1"
 
 
@@ -49,7 +49,7 @@ rule gather_pixel_classes:
         python=python_for("main"),
     shell:
         "{params.python} " + ENTRY + " gather pixel_classes --out {output.confusion:q}"
-        " {output.scores:q} {output.plot:q} {input:q} > {log:q} 2>&1"
+        " {output.scores:q} {output.plot:q} --manifests {input:q} > {log:q} 2>&1"
 
 
 rule summary:
@@ -68,7 +68,7 @@ rule summary:
         python=python_for("main"),
     shell:
         "{params.python} " + ENTRY + " summary --out {output.summary:q} --failures {output.failures:q}"
-        " --models {input.models:q} --metrics {input.metrics:q} {input.manifests:q} > {log:q} 2>&1"
+        " --models {input.models:q} --metrics {input.metrics:q} --manifests {input.manifests:q} > {log:q} 2>&1"
 
 
 # The run ends with an error listing every failed sample (results/failed_samples.tsv)

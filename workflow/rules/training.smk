@@ -79,6 +79,12 @@ rule train_classifier:
             category="Training",
             subcategory="{model}",
         ),
+        confusion=report(
+            "results/models/{model}_confusion.png",
+            caption="../report/classifier_confusion.rst",
+            category="Training",
+            subcategory="{model}",
+        ),
     log:
         "logs/jobs/train_classifier-{model}.log",
     benchmark:

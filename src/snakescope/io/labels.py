@@ -41,6 +41,9 @@ def read_labels(path: str, expected_shape, where: str) -> np.ndarray:
     labels = np.asarray(labels)
     if labels.dtype.kind not in "ui":
         raise InputError(path, f"labels must be an integer image (got {labels.dtype}); is this an intensity image?")
+    if labels.dtype.kind == "i" and labels.size and labels.min() < 0:
+        raise InputError(path, f"negative label values (down to {labels.min()}): labels are 0 for background and "
+                               "positive object ids")
     if tuple(labels.shape) != tuple(expected_shape):
         squeezed = np.squeeze(labels)
         if squeezed.shape == tuple(expected_shape):

@@ -4,8 +4,8 @@ Commands:
 
 * ``run PLAN [--out MANIFEST] [--threads N]``: the job a plan file describes (a stage
   batch, a training, a scatter part);
-* ``gather KIND --out CSV MANIFEST...``: per-sample metrics of one kind, per sample and summed;
-* ``summary --out MD --failures TSV MANIFEST...``: what the run produced, how long each stage
+* ``gather KIND --out CSV --manifests MANIFEST...``: per-sample metrics of one kind, per sample and summed;
+* ``summary --out MD --failures TSV --manifests MANIFEST...``: what the run produced, how long each stage
   took, and every failed sample with its reason;
 * ``check FAILURES``: ends with an error listing the failed samples, if there are any.
 
@@ -36,13 +36,13 @@ def _parser() -> argparse.ArgumentParser:
     gather.add_argument("kind", choices=["restoration", "segmentation", "classification", "tracking", "pixel_classes"])
     gather.add_argument("--out", nargs="+", required=True,
                         help="the table; for pixel_classes the summed confusion (CSV), the scores (CSV) and the plot")
-    gather.add_argument("manifests", nargs="+")
+    gather.add_argument("--manifests", nargs="+", required=True, help="the finish stage's manifests")
     summary = sub.add_parser("summary", help="write the run's summary")
     summary.add_argument("--out", required=True)
     summary.add_argument("--failures", required=True)
     summary.add_argument("--models", nargs="*", default=[])
     summary.add_argument("--metrics", nargs="*", default=[])
-    summary.add_argument("manifests", nargs="*")
+    summary.add_argument("--manifests", nargs="*", default=[])
     check = sub.add_parser("check", help="fail when samples failed")
     check.add_argument("failures")
     return p

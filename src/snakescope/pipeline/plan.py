@@ -435,7 +435,9 @@ class Plan:
                                             split=f"{seg.split_dir}/{seg.method}_{nd}d.json"))
             cl = c.classification
             folder = getattr(cl, f"patch_folder_{nd}d")
-            if cl.enabled and not getattr(cl, f"model_{nd}d") and (self.classifier_training_samples(nd) or folder):
+            segmented = any(self.segmented(s.sample_id) for s in self.of_ndim(nd))
+            if (cl.enabled and segmented and not getattr(cl, f"model_{nd}d")
+                    and (self.classifier_training_samples(nd) or folder)):
                 ids = self.classifier_training_samples(nd)
                 sources = [{"sample": sid, "image": self.analysis_image(sid), "points": self.samples[sid].points,
                             "channel": self.samples[sid].channel} for sid in ids]
@@ -460,17 +462,19 @@ class Plan:
         name = f"{rule}-{model}"
         restored = (lambda sid: False) if rule == "train_restoration" else self.restored
         after = sorted({manifest_path("restore" if restored(sid) else "prepare", self.batch_of[sid]) for sid in ids})
+        outputs = {"model": out, "curve": f"{out}_training.png"}
+        if rule == "train_classifier":
+            outputs["confusion"] = f"{out}_confusion.png"
         task = {"kind": "train", "job": name, "learner": model.rsplit("_", 1)[0], "ndim": nd,
                 "seed": self.config.seed, "config": settings, "sources": sources, "split": split,
-                "patch_folder": patch_folder, "upstream_manifests": after,
-                "outputs": {"model": out, "curve": f"{out}_training.png"}}
+                "patch_folder": patch_folder, "upstream_manifests": after, "outputs": outputs}
         inputs = [f for src in sources for key in ("labels", "points") for f in existing_files(src.get(key))]
         inputs += [f for sid in ids for f in existing_files(self.samples[sid].image)]
         inputs += [f for sid in ids if self.samples[sid].target for f in existing_files(self.samples[sid].target)]
         inputs += sorted(set(settings.get("upstream", {}).get("restoration_models", [])))
         if patch_folder:
             inputs += existing_files_recursive(patch_folder)
-        return Job(name, rule, task, inputs=sorted(set(inputs)), after=after, outputs=[out, f"{out}_training.png"])
+        return Job(name, rule, task, inputs=sorted(set(inputs)), after=after, outputs=list(outputs.values()))
 
     # ---- outputs gathered over samples ------------------------------------------------------
 

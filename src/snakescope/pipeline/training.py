@@ -69,9 +69,71 @@ def _train_segmentation(task: dict, ctx) -> None:
     raise NotImplementedError
 
 
+def _record_data(model_dir: str, sources: list[dict], problems: list[str]) -> None:
+    """Add the samples the model learnt from, and the training-data problems, to its snakescope.json."""
+    from snakescope.io.atomic import write_json
+
+    path = Path(model_dir) / "snakescope.json"
+    meta = json.loads(path.read_text())
+    meta["training_samples"] = [s["sample"] for s in sources]
+    meta["data_problems"] = problems
+    write_json(path, meta)
+
+
+def _existing_image(source: dict) -> dict:
+    if not Path(source["image"]).is_dir():
+        raise InputError(source["image"], f"the image of training sample {source['sample']} was not written")
+    if source.get("target") and not Path(source["target"]).is_dir():
+        raise InputError(source["target"], f"the clean target of training sample {source['sample']} was not written")
+    return source
+
+
 def _train_restoration(task: dict, ctx) -> None:
-    raise NotImplementedError
+    """N2V (on the images themselves) or CARE (image -> clean target pairs)."""
+    from snakescope import restoration
+    from snakescope.settings import CARETraining, N2VTraining
+
+    method, out = task["learner"], task["outputs"]["model"]
+    settings = (N2VTraining if method == "n2v" else CARETraining).from_dict(task["config"]["restoration"][method])
+    sources, problems = usable_sources(task, _existing_image)
+    images = [restoration.as_source(s["image"], s["channel"], s["sample"]) for s in sources]
+    common = dict(seed=task["seed"], ndim=task["ndim"], threads=ctx.threads)
+    if method == "n2v":
+        restoration.train_n2v(images, out, settings, **common)
+    else:
+        restoration.train_care(images, [s["target"] for s in sources], out, settings, **common)
+    _record_data(out, sources, problems)
 
 
 def _train_classifier(task: dict, ctx) -> None:
-    raise NotImplementedError
+    """Patches cut around the samples' point annotations and/or a folder of ready patches."""
+    from snakescope import classification as cl
+    from snakescope.io import ngff
+    from snakescope.settings import Classification
+
+    settings = Classification.from_dict({**task["config"]["classification"], "enabled": True, "model_2d": None,
+                                         "model_3d": None})
+    out = task["outputs"]["model"]
+
+    def points(source: dict):
+        image = ngff.read_image(_existing_image(source)["image"])
+        channels = [source["channel"]] if "c" in image.axes else None
+        return cl.training_patches_from_points(image.data, image.axes, source["points"], settings, channels=channels,
+                                               sample=source["sample"])
+
+    used = []
+
+    def points_of(source: dict):
+        part = points(source)
+        used.append(source)
+        return part
+
+    parts, problems = usable_sources(task, points_of) if task["sources"] else ([], [])
+    if task["patch_folder"]:
+        shape = cl.patch_size_for(settings, task["ndim"]) if parts else None
+        parts.append(cl.training_patches_from_folder(task["patch_folder"], settings, task["ndim"], spatial_shape=shape))
+    data = cl.concatenate_patches(parts)
+    cl.train_classifier(data.patches, data.labels, out, settings, seed=task["seed"], split_path=task["split"],
+                        ids=data.ids, sources=data.sources)
+    cl.write_training_confusion(out, task["outputs"]["confusion"])
+    _record_data(out, used, problems)

@@ -105,11 +105,12 @@ def _model_lines(models) -> list[str]:
             meta = json.loads(path.read_text())
         t = meta.get("training", {})
         data = meta.get("data", {})
-        lines.append(f"| `{folder}` | {meta.get('kind', '?')} {meta.get('ndim', '?')}D | {data.get('n_train', '?')} | "
+        trained_on = len(meta.get("training_samples", [])) or data.get("n_train", "?")
+        lines.append(f"| `{folder}` | {meta.get('kind', '?')} {meta.get('ndim', '?')}D | {trained_on} | "
                      f"{t.get('epochs_run', '?')} / {t.get('steps_run', '?')} | {t.get('best_epoch', '?')} | "
                      f"{t.get('train_seconds', 0) or 0:.0f} | {meta.get('parent') or ''} |")
     if lines:
-        lines = ["| model | kind | trained on | epochs / steps | kept epoch | seconds | fine-tuned from |",
+        lines = ["| model | kind | samples | epochs / steps | kept epoch | seconds | fine-tuned from |",
                  "|---|---|---|---|---|---|---|", *lines]
     return lines
 
