@@ -1,35 +1,32 @@
-"""DAG scale: a dry run of 10,000 small images through the SLURM profile.
+"""DAG scale: a dry run of 100,000 small images through the SLURM profile.
 
 Run from the repository root: ``.venv/main/bin/python bench/dag_scale.py`` (no arguments).
 Prints one JSON object as its last line:
 
-* ``n_images``: samples in the sheet (10,000 tiny real TIFFs, 16x16 uint16, written to a
-  temporary folder: parsing the workflow checks that every sample's image exists, so the
-  files must be there; the dry run reads no pixels).
+* ``n_images``: samples in the sheet (100,000 tiny real TIFFs, 16x16 uint16, written to a
+  temporary folder: planning reads each file's size to form the batches, and the jobs'
+  inputs must exist; the dry run reads no pixels).
 * ``dryrun_seconds``: wall time of ``snakemake --profile profiles/slurm --dry-run`` on that
-  sheet, parse + DAG + grouping + printing the plan (target <= 60); ``dryrun_cpu_seconds``:
-  its CPU time, and ``load_average_1min`` after it, since on a shared machine the wall time
-  depends on what else runs.
-* ``planned_submissions``: SLURM jobs the run would submit: one per group job plus one per
-  job outside any group (the target rule ``all`` and the local rule ``workflow_config`` run
-  in the driver and are not counted).
-* ``planned_submissions_per_image_rules``: of those, the ones that run the per-image rules
-  (target <= 1 per 100 images with the profile's ``group-components``).
-* ``dag_jobs``: the jobs in the DAG by rule; ``slurm_commands_called``: SLURM commands the
-  dry run executed (fake ``sbatch``, ``sinfo``, ... first on PATH record every call).
+  sheet: parse, validate the config and the sheet, plan the batches, build the DAG, print it
+  (target <= 60); ``dryrun_cpu_seconds`` and ``load_average_1min`` because on a shared
+  machine the wall time depends on what else runs; ``peak_rss_mb``: the Snakemake process's
+  peak resident memory.
+* ``planned_submissions``: SLURM jobs the run would submit (local rules, which run in the
+  driver, are not counted), by rule in ``submissions_by_rule``; ``images_per_submission``:
+  images per submission of each per-image rule (target >= 500).
+* ``dag_jobs``: the jobs in the DAG by rule (the local ``plan`` jobs write each batch job's
+  task file); ``slurm_commands_called``: SLURM commands the dry run executed (fake
+  ``sbatch``, ``sinfo``, ... first on PATH record every call: there must be none).
 
-The DAG: the demo config with ``segmentation.method: none``, so per image: ingest (TIFF ->
-OME-Zarr -> normalized OME-Zarr) and provenance, the per-image rules, each batched in its own
-group (``batch_ingest``, ``batch_provenance``), plus the resolved config and one summary.
-Training and prediction are left out: with a pretrained model the prediction jobs would be
-batched the same way (``batch_segment``, ...), and training is one job per dimensionality.
-No SLURM is needed. Temporary files are removed at the end.
+The DAG: the default config with a pretrained StarDist folder given (so no training), per
+image: prepare (ingest + normalize), segment (StarDist, measurements), finish (QC figure,
+provenance), in batches of ``batching.max_samples`` (500). No SLURM is needed. Temporary
+files are removed at the end.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
 import resource
@@ -46,27 +43,34 @@ import tifffile
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-N_IMAGES = 10_000
-PER_IMAGE_RULES = ("ingest", "provenance")
+N_IMAGES = 100_000
+PER_IMAGE_RULES = ("prepare", "segment", "finish")
+LOCAL_RULES = ("all", "plan", "check_samples")
 SLURM_COMMANDS = ("sbatch", "srun", "sinfo", "squeue", "sacct", "scontrol", "scancel", "sacctmgr", "sshare")
 HEADER = "sample_id\timage\taxes\tvoxel_size\ttime_interval\tchannel\tlabels\ttracks\tpoints\ttarget\n"
 
 
 def write_project(wd: Path, n: int) -> None:
-    """n tiny 2D TIFFs, their samples sheet and a config with segmentation off."""
+    """n tiny 2D TIFFs, their samples sheet, a stand-in model folder and the config."""
     data = wd / "data"
     data.mkdir(parents=True)
-    rng = np.random.default_rng(0)
+    image = np.random.default_rng(0).integers(1, 4000, (16, 16), dtype=np.uint16)
+    tifffile.imwrite(data / "template.tif", image)
+    template = (data / "template.tif").read_bytes()
     rows = []
     for i in range(n):
-        name = f"img{i:05d}"
-        tifffile.imwrite(data / f"{name}.tif", rng.integers(1, 4000, (16, 16), dtype=np.uint16))
+        name = f"img{i:06d}"
+        (data / f"{name}.tif").write_bytes(template)
         rows.append(f"{name}\tdata/{name}.tif\tYX\t0.5\t\t\t\t\t\t")
     (wd / "config").mkdir()
     (wd / "config" / "samples.tsv").write_text(HEADER + "\n".join(rows) + "\n")
+    model = wd / "model"
+    model.mkdir()
+    (model / "config.json").write_text("{}")  # the dry run only needs the folder
     config = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
     config["samples"] = "config/samples.tsv"
-    config["segmentation"] = {"method": "none"}
+    config["segmentation"] = {"model_2d": str(model)}
+    config["classification"] = {"enabled": False}
     (wd / "config" / "config.yaml").write_text(yaml.safe_dump(config))
 
 
@@ -79,14 +83,7 @@ def fake_slurm(folder: Path, log: Path) -> None:
         path.chmod(0o755)
 
 
-def count_plan(text: str) -> tuple[Counter, Counter, Counter]:
-    """From a dry run's output: group jobs by group, top-level jobs by rule, DAG jobs by rule.
-
-    Jobs inside a group job are printed indented under "Group job NAME"; jobs submitted on
-    their own start at column 0 with "rule NAME:" (so do local rules, which the caller drops).
-    """
-    groups = Counter(re.findall(r"^\[[^\]]*\] Group job (\S+) ", text, flags=re.M))
-    single = Counter(re.findall(r"^rule (\w+):$", text, flags=re.M))
+def job_stats(text: str) -> Counter:
     stats = Counter()
     table = re.search(r"^Job stats:\n.*?\n-+\s+-+\n(.*?)\n\n", text, flags=re.M | re.S)
     if table:
@@ -94,7 +91,7 @@ def count_plan(text: str) -> tuple[Counter, Counter, Counter]:
             name, count = line.split()
             if name != "total":
                 stats[name] = int(count)
-    return groups, single, stats
+    return stats
 
 
 def main() -> None:
@@ -121,24 +118,19 @@ def main() -> None:
         if proc.returncode != 0:
             sys.stderr.write(text[-5000:])
             raise SystemExit(f"dry run failed ({proc.returncode})")
-        groups, single, stats = count_plan(text)
-        for local in ("all", "workflow_config"):  # run in the driver, never submitted
-            single.pop(local, None)
-        group_of = yaml.safe_load((ROOT / "profiles" / "slurm" / "config.yaml").read_text()).get("groups", {})
-        per_image_groups = {group_of[r] for r in PER_IMAGE_RULES if r in group_of}
-        per_image = sum(groups[g] for g in per_image_groups) + sum(single[r] for r in PER_IMAGE_RULES)
+        stats = job_stats(text)
+        submitted = {rule: n for rule, n in stats.items() if rule not in LOCAL_RULES}
         called = sorted(set(calls.read_text().splitlines())) if calls.exists() else []
         result = {
             "n_images": N_IMAGES,
             "dryrun_seconds": round(dryrun_seconds, 1),
             "dryrun_cpu_seconds": round(cpu_seconds, 1),
+            "peak_rss_mb": round(after.ru_maxrss / 1024, 1),
             "load_average_1min": round(os.getloadavg()[0], 2),
-            "planned_submissions": sum(groups.values()) + sum(single.values()),
-            "planned_submissions_per_image_rules": per_image,
-            "per_image_submissions_per_100_images": round(100 * per_image / N_IMAGES, 2),
-            "target_per_image_submissions": math.ceil(N_IMAGES / 100),
-            "group_jobs": dict(groups),
-            "single_jobs": dict(single),
+            "planned_submissions": sum(submitted.values()),
+            "submissions_by_rule": submitted,
+            "images_per_submission": {r: round(N_IMAGES / submitted[r], 1) for r in PER_IMAGE_RULES if submitted.get(r)},
+            "target_images_per_submission": 500,
             "dag_jobs": dict(stats),
             "slurm_commands_called": called,
             "dryrun_output_mb": round(len(text) / 1e6, 1),

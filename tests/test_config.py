@@ -119,3 +119,47 @@ def test_committed_demo_sheet_matches_the_generator(tmp_path):
             row[key] = str(value).replace(str(tmp_path) + "/", "")
     demo_sheet(rows, tmp_path / "sheet.tsv")
     assert (tmp_path / "sheet.tsv").read_text() == (REPO / "config" / "samples.tsv").read_text()
+
+
+def test_fast_row_check_agrees_with_jsonschema():
+    from snakescope.settings import RowCheck, _validator, load_schema
+
+    schema = load_schema("samples")
+    quick, full = RowCheck(schema), _validator(schema)
+    rows = [{"sample_id": "a", "image": "x.tif"}, {"sample_id": "a b", "image": "x.tif"},
+            {"sample_id": "models", "image": "x.tif"}, {"sample_id": "jobs", "image": "x.tif"},
+            {"sample_id": "a", "image": ""}, {"sample_id": "a"}, {"sample_id": "a", "image": "x", "colour": "red"},
+            {"sample_id": "a", "image": "x", "axes": "TCZYX", "voxel_size": "2,0.5,0.5", "channel": "1"},
+            {"sample_id": "a", "image": "x", "axes": "ZYQ"}, {"sample_id": "a", "image": "x", "voxel_size": "0.5um"},
+            {"sample_id": "a", "image": "x", "time_interval": "1e3"}, {"sample_id": "a", "image": "x", "channel": "-1"},
+            {"sample_id": "_a", "image": "x"}, {"sample_id": "a.b-c_1", "image": "x", "labels": "l*.tif"}]
+    for row in rows:
+        assert quick(row) == full.is_valid(row), row
+
+
+def test_sheet_problems_read_as_words_and_zero_sizes_are_refused(tmp_path):
+    sheet = tmp_path / "s.tsv"
+    sheet.write_bytes("\ufeffsample_id\timage\taxes\tvoxel_size\ttime_interval\n".encode()
+                      + b"a\tx.tif\tYX\t0.5um\t\nb\tx.tif\tYX\t0\t\nc\tx.tif\tTYX\t0.5\t0\nd\tx.tif\tYX\t0.5\t\n")
+    with pytest.raises(ConfigError) as err:
+        load({"samples": str(sheet)})
+    problems = err.value.problems
+    assert any("row 1" in p and "'0.5um' is not valid here (micrometres per pixel" in p for p in problems)
+    assert not any("^" in p for p in problems)  # no raw regular expressions
+    assert any("row 2" in p and "every size must be above 0" in p for p in problems)
+    assert any("row 3" in p and "time_interval '0': must be above 0 seconds" in p for p in problems)
+    assert not any("row 4" in p for p in problems)  # Excel's byte-order mark is not part of the header
+
+
+def test_model_folders_are_checked_with_the_config(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    _, problems = validate_config({})
+    from snakescope.settings import _folder_problems
+
+    config, _ = validate_config({"segmentation": {"model_2d": str(tmp_path / "absent"), "model_3d": str(empty)},
+                                 "classification": {"patch_folder_2d": str(tmp_path / "nope")}})
+    problems = _folder_problems(config, "config")
+    assert any("segmentation.model_2d" in p and "does not exist" in p for p in problems)
+    assert any("segmentation.model_3d" in p and "is empty" in p for p in problems)
+    assert any("classification.patch_folder_2d" in p for p in problems)

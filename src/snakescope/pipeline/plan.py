@@ -116,6 +116,21 @@ class Plan:
         self.config = config
         self.samples = samples
         self._ndim = {sid: s.spatial_ndim() for sid, s in samples.items()}
+        # plain dicts and file lists, made once: planning 100,000 samples must stay fast
+        fields = [f.name for f in dataclasses.fields(Sample)]
+        self._rows = {sid: {f: getattr(s, f) for f in fields} for sid, s in samples.items()}
+        self._existing: dict[str, list[str]] = {}
+
+    def existing(self, pattern: str | None) -> list[str]:
+        """:func:`existing_files`, remembered per pattern."""
+        if pattern not in self._existing:
+            self._existing[pattern] = existing_files(pattern)
+        return self._existing[pattern]
+
+    def external_files(self, spec: dict) -> list[str]:
+        """The user's files and model folders a step reads: a change reruns its job."""
+        return [f for key in spec["raw"] for f in self.existing(spec["inputs"][key])] + [
+            spec["inputs"][key] for key in spec["models"]]
 
     # ---- what happens to each sample ------------------------------------------------
 
@@ -279,7 +294,7 @@ class Plan:
                 "config": self._stage_config(stage), "upstream": upstream,
                 "upstream_manifests": {u.split("-")[0]: manifest_path(u.split("-")[0], batch.id) for u in upstream},
                 "samples": work}
-        inputs = sorted({f for w in work for spec in w["steps"].values() for f in _external_files(spec)}
+        inputs = sorted({f for w in work for spec in w["steps"].values() for f in self.external_files(spec)}
                         | {p for sid in batch.samples for p in (self.scatter_parts(sid) if stage == "segment" else [])})
         return Job(name=task["job"], rule=stage, task=task, inputs=inputs,
                    after=[manifest_path(u.split("-")[0], batch.id) for u in upstream],
@@ -296,7 +311,7 @@ class Plan:
         return {k: v for k, v in c.to_dict().items() if k not in NOT_RESULTS}  # provenance records it
 
     def _work(self, sid: str, steps: dict) -> dict:
-        return {"sample": sid, "row": dataclasses.asdict(self.samples[sid]), "ndim": self._ndim[sid],
+        return {"sample": sid, "row": self._rows[sid], "ndim": self._ndim[sid],
                 "steps": {name: spec for name, spec in steps.items() if spec is not None}}
 
     def _prepare_work(self, sid: str) -> dict:
@@ -376,9 +391,11 @@ class Plan:
                 steps["evaluate_tracking"] = step({"result": sample_path(sid, "tracks"), "truth": s.tracks},
                                                   {"metrics": sample_path(sid, "tracking_metrics.json")},
                                                   raw=("truth",))
-        steps["provenance"] = step({f"file{k}": f for k, f in enumerate(s.input_files())},
+        files = [f for pattern in (s.image, s.labels, s.points, s.target, s.class_truth, s.tracks)
+                 for f in self.existing(pattern)]
+        steps["provenance"] = step({f"file{k}": f for k, f in enumerate(files)},
                                    {"record": sample_path(sid, "provenance.json")},
-                                   raw=tuple(f"file{k}" for k in range(len(s.input_files()))))
+                                   raw=tuple(f"file{k}" for k in range(len(files))))
         return self._work(sid, steps)
 
     # ---- scatter parts ------------------------------------------------------------------
@@ -403,7 +420,7 @@ class Plan:
                         "step": step({"image": self.analysis_image(sid), "model": self.segmentation_model(nd)},
                                      {"part": part}, {"channel": s.channel, "part": k, "n_parts": len(parts)},
                                      models=("model",))}
-                jobs.append(Job(name, "segment_part", task, inputs=_external_files(task["step"]),
+                jobs.append(Job(name, "segment_part", task, inputs=self.external_files(task["step"]),
                                 after=[manifest_path(upstream, self.batch_of[sid])], outputs=[part]))
         return jobs
 
@@ -468,9 +485,9 @@ class Plan:
         task = {"kind": "train", "job": name, "learner": model.rsplit("_", 1)[0], "ndim": nd,
                 "seed": self.config.seed, "config": settings, "sources": sources, "split": split,
                 "patch_folder": patch_folder, "upstream_manifests": after, "outputs": outputs}
-        inputs = [f for src in sources for key in ("labels", "points") for f in existing_files(src.get(key))]
-        inputs += [f for sid in ids for f in existing_files(self.samples[sid].image)]
-        inputs += [f for sid in ids if self.samples[sid].target for f in existing_files(self.samples[sid].target)]
+        inputs = [f for src in sources for key in ("labels", "points") for f in self.existing(src.get(key))]
+        inputs += [f for sid in ids for f in self.existing(self.samples[sid].image)]
+        inputs += [f for sid in ids for f in self.existing(self.samples[sid].target)]
         inputs += sorted(set(settings.get("upstream", {}).get("restoration_models", [])))
         if patch_folder:
             inputs += existing_files_recursive(patch_folder)
@@ -510,11 +527,6 @@ def step(inputs: dict, outputs: dict, options: dict | None = None, *, raw=(), mo
     return {"inputs": {k: v for k, v in inputs.items() if v is not None}, "outputs": outputs,
             "options": options or {}, "raw": [k for k in raw if inputs.get(k)],
             "models": [k for k in models if inputs.get(k)]}
-
-
-def _external_files(spec: dict) -> list[str]:
-    files = [f for key in spec["raw"] for f in existing_files(spec["inputs"][key])]
-    return files + [spec["inputs"][key] for key in spec["models"]]
 
 
 def existing_files_recursive(folder: str) -> list[str]:
