@@ -5,8 +5,9 @@ split holds out 24 test images that are never used for training or threshold tun
 the rest, 12 validate (early stopping, learning-rate schedule, optimize_thresholds) and 84
 train. Images are percentile-normalized (1, 99.8) as the workflow's normalize step does.
 
-StarDist (snakescope.segment.train_stardist) gets 25 minutes of wall-clock training, the
-3-class U-Net (snakescope.unet.train_unet) about 5, so training stays within 30 minutes on
+StarDist (snakescope.segmentation.stardist.train_stardist) gets 25 minutes of wall-clock
+training (the harness's time_limit), the 3-class U-Net
+(snakescope.segmentation.unet.train_unet) about 5, so training stays within 30 minutes on
 2 CPU cores. TensorFlow's deterministic kernels are off here (as in the reference recipe);
 the workflow's default keeps them on. Prints one JSON object as its last line: f1_iou50, f1_iou70, accuracy_iou50,
 mean_matched_iou, train_seconds (StarDist, held-out part), unet_f1_iou50, and details.
@@ -64,17 +65,20 @@ def main() -> None:
     from stardist.matching import matching_dataset
 
     from snakescope.segmentation import stardist as segment
-
     from snakescope.segmentation import unet
+    from snakescope.settings import defaults
+
     pairs, split, test = load()
+    segmentation = defaults().segmentation
     work = Path(tempfile.mkdtemp(prefix="snakescope-bench-seg-"))
     try:
         start = time.perf_counter()
-        summary = segment.train_stardist(
-            {k: pairs[k] for k in split["train"] + split["validation"]}, work / "stardist", split=split,
-            n_rays=64, grid=(2, 2), patch_size=(256, 256), epochs=10_000, steps_per_epoch=50, batch_size=4,
-            learning_rate=1e-3, patience=0, unet_n_depth=3, seed=2018, time_budget_s=STARDIST_BUDGET,
-            reduce_lr_patience=6, deterministic=False)
+        settings = segmentation.stardist.replace(n_rays=64, grid=[2, 2], patch_size=[256, 256], epochs=10_000,
+                                                 steps_per_epoch=50, batch_size=4, learning_rate=1e-3, patience=0,
+                                                 unet_n_depth=3, time_limit=STARDIST_BUDGET)
+        summary = segment.train_stardist({k: pairs[k] for k in split["train"] + split["validation"]},
+                                         work / "stardist", settings, split=split, seed=2018, deterministic=False,
+                                         reduce_lr_patience=6)
         stardist_seconds = time.perf_counter() - start
         model = segment.load_model(work / "stardist")
         truth = [pairs[k][1] for k in test]
@@ -83,22 +87,22 @@ def main() -> None:
 
         start = time.perf_counter()
         unet.train_unet({k: pairs[k] for k in split["train"] + split["validation"]}, work / "unet",
-                        split=split, epochs=UNET_EPOCHS, steps_per_epoch=25, batch_size=8, patience=0, seed=2018)
+                        segmentation.unet.replace(epochs=UNET_EPOCHS, steps_per_epoch=25, batch_size=8, patience=0),
+                        split=split, seed=2018)
         unet_seconds = time.perf_counter() - start
         u = unet.load_unet(work / "unet")
         unet_pred = [u.predict_instances(pairs[k][0]) for k in test]
         unet_score = matching_dataset(truth, unet_pred, thresh=0.5, show_progress=False)
-        history = (work / "stardist" / "history.csv").read_text().strip().splitlines()
         print(json.dumps({
             "f1_iou50": round(float(scores[0.5].f1), 4),
             "f1_iou70": round(float(scores[0.7].f1), 4),
             "accuracy_iou50": round(float(scores[0.5].accuracy), 4),
             "mean_matched_iou": round(float(scores[0.5].mean_matched_score), 4),
             "panoptic_quality_iou50": round(float(scores[0.5].panoptic_quality), 4),
-            "train_seconds": round(summary["train_seconds"], 1),
+            "train_seconds": round(summary["training"]["train_seconds"], 1),
             "stardist_total_seconds": round(stardist_seconds, 1),
-            "epochs": len(history) - 1,
-            "steps": (len(history) - 1) * 50,
+            "epochs": summary["training"]["epochs_run"],
+            "steps": summary["training"]["steps_run"],
             "thresholds": summary["thresholds"],
             "unet_f1_iou50": round(float(unet_score.f1), 4),
             "unet_accuracy_iou50": round(float(unet_score.accuracy), 4),

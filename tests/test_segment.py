@@ -1,4 +1,5 @@
-"""StarDist stage: training outputs, thresholds, blockwise prediction, measurements, errors."""
+"""StarDist: training through the harness, thresholds, prediction into NGFF labels, measurements,
+fine-tuning, splits, errors. (The block engine and scattered parts: tests/test_blockwise.py.)"""
 
 from __future__ import annotations
 
@@ -12,12 +13,16 @@ import tifffile
 from snakescope.segmentation import stardist as segment
 from snakescope.io import labels as labels_io
 from snakescope.errors import InputError
+from snakescope.settings import defaults
 from snakescope.ingest.convert import ingest
 from snakescope.segmentation.measure import measure
 from snakescope.ingest.normalize import normalize
+from snakescope.segmentation.training_data import TrainingSource, load_pairs, train_validation_keys
 from snakescope.training.splits import make_or_load_split
 
-pytestmark = pytest.mark.slow
+# Keras 3 converts its own variables with np.array(copy=False) semantics numpy 2 warns about
+pytestmark = [pytest.mark.slow,
+              pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword")]
 
 
 @pytest.fixture(scope="module")
@@ -30,45 +35,62 @@ def nuclei(tmp_path_factory):
     tifffile.imwrite(folder / "image.tif", image)
     tifffile.imwrite(folder / "labels.tif", mask.astype(np.uint16))
     ingest(folder / "image.tif", "YX", folder / "image.ome.zarr", name="n", voxel_size={"y": 0.5, "x": 0.5},
-           chunks={"y": 128, "x": 128})
+           settings=defaults().ingest.replace(chunks={"z": 16, "y": 128, "x": 128}))
     normalize(folder / "image.ome.zarr", folder / "normalized.ome.zarr", folder / "norm.json")
     return folder, image, mask
 
 
 @pytest.fixture(scope="module")
 def model(nuclei):
-    """A small StarDist model trained for a few hundred steps on quadrants of the real image."""
+    """A small StarDist model trained for a few hundred steps on quadrants of the real image,
+    and its metadata."""
     folder, _, _ = nuclei
-    pairs = segment.load_pairs(segment.TrainingSource("n", str(folder / "normalized.ome.zarr"), str(folder / "labels.tif")))
+    pairs = load_pairs(TrainingSource("n", str(folder / "normalized.ome.zarr"), str(folder / "labels.tif")))
     x, y = pairs["n"]
     quads = {f"q{i}": (x[(i // 2) * 256:(i // 2 + 1) * 256, (i % 2) * 256:(i % 2 + 1) * 256],
                        y[(i // 2) * 256:(i // 2 + 1) * 256, (i % 2) * 256:(i % 2 + 1) * 256]) for i in range(4)}
     split = make_or_load_split(quads, folder / "split.json", 0.25, seed=1)
-    summary = segment.train_stardist(quads, folder / "model", split=split, n_rays=16, patch_size=(128, 128),
-                                     epochs=8, steps_per_epoch=30, batch_size=4, unet_n_depth=2,
-                                     learning_rate=1e-3, patience=0, seed=1)
-    return folder / "model", summary
+    settings = defaults().segmentation.stardist.replace(n_rays=16, patch_size=[128, 128], epochs=8, steps_per_epoch=30,
+                                                        batch_size=4, unet_n_depth=2, learning_rate=1e-3, patience=0)
+    metadata = segment.train_stardist(quads, folder / "model", settings, split=split, seed=1)
+    return folder / "model", metadata
 
 
-def test_training_writes_weights_thresholds_and_curves(model):
-    model_dir, summary = model
-    for name in ("config.json", "weights_best.h5", "weights_last.h5", "thresholds.json", "history.csv", "history.png", "training.json"):
-        assert (model_dir / name).exists(), name
-    history = pd.read_csv(model_dir / "history.csv")
+@pytest.fixture(scope="module")
+def loaded(model):
+    return segment.load_model(model[0])
+
+
+def test_training_writes_the_harness_folder_with_thresholds(model):
+    model_dir, metadata = model
+    for name in ("config.json", "weights_best.h5", "weights_last.h5", "thresholds.json", "training.csv",
+                 "training.png", "training.log", "snakescope.json"):
+        assert (model_dir / name).stat().st_size > 0, name
+    for old in ("history.csv", "history.png", "training.json"):
+        assert not (model_dir / old).exists(), old
+    history = pd.read_csv(model_dir / "training.csv")
     assert len(history) == 8 and {"loss", "val_loss"} <= set(history.columns)
     assert history["loss"].iloc[-1] < history["loss"].iloc[0]
     thresholds = json.loads((model_dir / "thresholds.json").read_text())
     assert 0 < thresholds["prob"] < 1 and 0 < thresholds["nms"] < 1
-    assert summary["n_train"] + summary["n_validation"] == 4 and summary["n_train"] >= 1 and summary["n_validation"] >= 1
+    saved = json.loads((model_dir / "snakescope.json").read_text())
+    assert saved["data"] == metadata["data"] and saved["thresholds"] == pytest.approx(thresholds)
+    assert saved["kind"] == "stardist" and saved["ndim"] == 2 and saved["seed"] == 1 and saved["parent"] is None
+    data = saved["data"]
+    assert data["n_train"] + data["n_validation"] == 4 and data["n_train"] >= 1 and data["n_validation"] >= 1
+    assert sorted(data["train_keys"] + data["validation_keys"]) == ["q0", "q1", "q2", "q3"]
+    assert saved["patch_size"] == [128, 128] and saved["settings"]["n_rays"] == 16
+    assert saved["training"]["epochs_run"] == 8 and saved["training"]["stopped_by"] == "epochs"
+    assert saved["training"]["steps_run"] == 240
 
 
-def test_prediction_finds_the_real_nuclei(model, nuclei, tmp_path):
+def test_prediction_finds_the_real_nuclei(model, loaded, nuclei, tmp_path):
     from stardist.matching import matching
 
     model_dir, _ = model
     folder, _, mask = nuclei
     out = tmp_path / "labels.ome.zarr"
-    summary = segment.predict_stardist(model_dir, folder / "normalized.ome.zarr", out)
+    summary = segment.predict_stardist(loaded, folder / "normalized.ome.zarr", out, defaults().segmentation, channel=0)
     labels = labels_io.read_labels_image(out)
     assert labels.axes == "yx" and labels.data.dtype == np.uint32
     pred = labels.data[...]
@@ -76,64 +98,36 @@ def test_prediction_finds_the_real_nuclei(model, nuclei, tmp_path):
     # a few hundred CPU steps: far from converged, but clearly segmenting real nuclei
     assert score.f1 > 0.45, score
     assert summary["thresholds"]["prob_thresh"] == pytest.approx(json.loads((model_dir / "thresholds.json").read_text())["prob"])
+    assert summary["model"] == str(model_dir)
+    # the stage layer's entry points: the folder loads as StarDist, segments the same, once loaded for many images
+    from snakescope import segmentation
+
+    model = segmentation.load_model(model_dir)
+    again = segmentation.segment(model, folder / "normalized.ome.zarr", tmp_path / "again.ome.zarr",
+                                 defaults().segmentation, channel=0)
+    assert again == summary
+    np.testing.assert_array_equal(labels_io.read_labels_image(tmp_path / "again.ome.zarr").data[...], pred)
+    with pytest.raises(InputError, match=f"{model_dir}: is a StarDist model but segmentation.method is unet"):
+        segmentation.segment(model, folder / "normalized.ome.zarr", tmp_path / "never.ome.zarr",
+                             defaults().segmentation.replace(method="unet"), channel=0)
 
 
-def test_blockwise_equals_whole_frame(model, nuclei, tmp_path):
-    """Blocks of 192 px with overlap: objects on borders are neither cut nor duplicated."""
-    from stardist.matching import matching
-
-    model_dir, _ = model
+def test_prob_thresh_from_config_overrides_and_range_checked(loaded, nuclei, tmp_path):
     folder, _, _ = nuclei
-    whole = tmp_path / "whole.ome.zarr"
-    blocks = tmp_path / "blocks.ome.zarr"
-    segment.predict_stardist(model_dir, folder / "normalized.ome.zarr", whole, block_size=1024)
-    segment.predict_stardist(model_dir, folder / "normalized.ome.zarr", blocks, block_size=192, min_overlap=48, context=32)
-    a = labels_io.read_labels_image(whole).data[...]
-    b = labels_io.read_labels_image(blocks).data[...]
-    assert len(np.unique(b)) - 1 == len(set(np.unique(b)) - {0})  # labels unique
-    score = matching(a, b, thresh=0.5)
-    assert score.f1 > 0.97, score
-    assert score.mean_matched_score > 0.95
-
-
-def test_scattered_parts_join_into_the_single_job_labels(model, nuclei, tmp_path):
-    """segmentation.scatter: block shares predicted by separate jobs, joined = one job's output."""
-    model_dir, _ = model
-    folder, _, _ = nuclei
+    settings = defaults().segmentation
     image = folder / "normalized.ome.zarr"
-    settings = dict(block_size=192, min_overlap=48, context=32)
-    single = segment.predict_stardist(model_dir, image, tmp_path / "single.ome.zarr", **settings)
-    parts = [tmp_path / f"part{k}.zarr" for k in range(3)]
-    counts = {}
-    for k in (2, 0, 1):  # jobs finish in any order
-        counts[k] = segment.predict_stardist_part(model_dir, image, parts[k], part=k, n_parts=3,
-                                                  **settings)["objects_per_frame"]["0"]
-    assert all(n > 0 for n in counts.values()) and sum(counts.values()) == single["objects_per_frame"]["0"]
-    joined = segment.gather_stardist_parts(parts[::-1], image, tmp_path / "joined.ome.zarr")
-    assert joined["objects_per_frame"] == single["objects_per_frame"] and joined["scattered_parts"] == 3
-    np.testing.assert_array_equal(labels_io.read_labels_image(tmp_path / "joined.ome.zarr").data[...],
-                                  labels_io.read_labels_image(tmp_path / "single.ome.zarr").data[...])
-    with pytest.raises(InputError, match="not one complete set"):
-        segment.gather_stardist_parts(parts[:2], image, tmp_path / "incomplete.ome.zarr")
-    assert not (tmp_path / "incomplete.ome.zarr").exists()
-
-
-def test_prob_thresh_from_config_overrides_and_range_checked(model, nuclei, tmp_path):
-    model_dir, _ = model
-    folder, _, _ = nuclei
-    strict = segment.predict_stardist(model_dir, folder / "normalized.ome.zarr", tmp_path / "a.ome.zarr", prob_thresh=0.95)
-    loose = segment.predict_stardist(model_dir, folder / "normalized.ome.zarr", tmp_path / "b.ome.zarr", prob_thresh=0.3)
+    strict = segment.predict_stardist(loaded, image, tmp_path / "a.ome.zarr", settings.replace(prob_thresh=0.95), channel=0)
+    loose = segment.predict_stardist(loaded, image, tmp_path / "b.ome.zarr", settings.replace(prob_thresh=0.3), channel=0)
     assert strict["objects_per_frame"]["0"] < loose["objects_per_frame"]["0"]
     with pytest.raises(InputError, match="out of range"):
-        segment.predict_stardist(model_dir, folder / "normalized.ome.zarr", tmp_path / "c.ome.zarr", nms_thresh=1.5)
+        segment.predict_stardist(loaded, image, tmp_path / "c.ome.zarr", settings.replace(nms_thresh=1.5), channel=0)
     assert not (tmp_path / "c.ome.zarr").exists()
 
 
-def test_measurements_table(model, nuclei, tmp_path):
-    model_dir, _ = model
+def test_measurements_table(loaded, nuclei, tmp_path):
     folder, image, _ = nuclei
     labels_path = tmp_path / "labels.ome.zarr"
-    segment.predict_stardist(model_dir, folder / "normalized.ome.zarr", labels_path)
+    segment.predict_stardist(loaded, folder / "normalized.ome.zarr", labels_path, defaults().segmentation, channel=0)
     n = measure(labels_path, folder / "image.ome.zarr", tmp_path / "objects.parquet")
     table = pd.read_parquet(tmp_path / "objects.parquet")
     labels = labels_io.read_labels_image(labels_path).data[...]
@@ -146,14 +140,36 @@ def test_measurements_table(model, nuclei, tmp_path):
     assert first["intensity_max"] == image[region].max()
 
 
-def test_pretrained_model_folder_loads_and_bad_folders_fail(model, tmp_path):
+def test_fine_tuning_keeps_the_parents_network(model, nuclei, tmp_path):
+    """parent: the parent's architecture (16 rays, whatever the settings say) and weights, trained further."""
     model_dir, _ = model
-    loaded = segment.load_model(model_dir)
+    folder, _, _ = nuclei
+    pairs = load_pairs(TrainingSource("n", str(folder / "normalized.ome.zarr"), str(folder / "labels.tif")))
+    x, y = pairs["n"]
+    crops = {"a": (x[:256], y[:256]), "b": (x[256:], y[256:])}
+    settings = defaults().segmentation.stardist.replace(patch_size=[128, 128], epochs=1, steps_per_epoch=2,
+                                                        batch_size=2, patience=0)
+    metadata = segment.train_stardist(crops, tmp_path / "tuned", settings, split={"train": ["a"], "validation": ["b"]},
+                                      seed=2, parent=model_dir)
+    assert metadata["parent"] == str(model_dir) and metadata["settings"]["n_rays"] == 32
+    tuned = segment.load_model(tmp_path / "tuned")
+    assert tuned.config.n_rays == 16 and tuned.config.train_epochs == 1
+    assert (tmp_path / "tuned" / "thresholds.json").exists()
+    with pytest.raises(InputError, match="config.json missing"):
+        segment.train_stardist(crops, tmp_path / "never", settings, split={"train": ["a"], "validation": ["b"]},
+                               seed=2, parent=tmp_path)
+    assert not (tmp_path / "never").exists()
+
+
+def test_pretrained_model_folder_loads_and_bad_folders_fail(loaded, tmp_path):
     assert loaded.config.n_rays == 16
     with pytest.raises(InputError, match="config.json missing"):
         segment.load_model(tmp_path)
     (tmp_path / "config.json").write_text("{}")
     with pytest.raises(InputError, match="no weights"):
+        segment.load_model(tmp_path)
+    (tmp_path / "weights_best.h5").write_bytes(b"not hdf5")
+    with pytest.raises(InputError, match=f"{tmp_path}.*incompatible StarDist model"):
         segment.load_model(tmp_path)
 
 
@@ -162,13 +178,13 @@ def test_bad_training_labels(nuclei, tmp_path):
     norm = str(folder / "normalized.ome.zarr")
     tifffile.imwrite(tmp_path / "small.tif", mask[:100].astype(np.uint16))
     with pytest.raises(InputError, match=r"small.tif: labels shape \(100, 512\) differs from the image shape \(512, 512\)"):
-        segment.load_pairs(segment.TrainingSource("n", norm, str(tmp_path / "small.tif")))
+        load_pairs(TrainingSource("n", norm, str(tmp_path / "small.tif")))
     tifffile.imwrite(tmp_path / "float.tif", mask.astype(np.float32))
     with pytest.raises(InputError, match="must be an integer image"):
-        segment.load_pairs(segment.TrainingSource("n", norm, str(tmp_path / "float.tif")))
+        load_pairs(TrainingSource("n", norm, str(tmp_path / "float.tif")))
     tifffile.imwrite(tmp_path / "empty.tif", np.zeros_like(mask, dtype=np.uint16))
     with pytest.raises(InputError, match="no objects in the training labels"):
-        segment.load_pairs(segment.TrainingSource("n", norm, str(tmp_path / "empty.tif")))
+        load_pairs(TrainingSource("n", norm, str(tmp_path / "empty.tif")))
 
 
 def test_split_saved_once_and_reused(tmp_path):
@@ -179,3 +195,15 @@ def test_split_saved_once_and_reused(tmp_path):
     grown = make_or_load_split(keys + ["new:t0"], tmp_path / "split.json", 0.2, seed=1)
     assert set(first["train"]) <= set(grown["train"]) and set(first["validation"]) <= set(grown["validation"])
     assert first["validation"] and first["train"]
+
+
+def test_training_keys_of_a_split():
+    split = {"train": ["b", "a"], "validation": ["c"], "seed": 1}
+    assert train_validation_keys(split, ["a", "b", "c"], "m") == (["b", "a"], ["c"], [])
+    # one image, placed in validation by its hash: it trains, and validates too
+    train, val, notes = train_validation_keys({"train": [], "validation": ["x"]}, ["x"], "m")
+    assert train == val == ["x"] and "only one labelled image" in notes[0]
+    with pytest.raises(InputError, match=r"m: samples \['d'\] are in neither"):
+        train_validation_keys(split, ["a", "d"], "m")
+    with pytest.raises(InputError, match="no training images"):
+        train_validation_keys(split, [], "m")

@@ -1,4 +1,4 @@
-"""3-class U-Net: targets, training on real nuclei, blockwise prediction, split, bad input."""
+"""3-class U-Net: targets, training on real nuclei, blockwise prediction, class map, fine-tuning, bad input."""
 
 from __future__ import annotations
 
@@ -12,12 +12,13 @@ from scipy import ndimage
 from stardist import data as stardist_data
 
 from snakescope.errors import InputError
+from snakescope.settings import defaults
 from snakescope.io import labels as labels_io
 from snakescope.evaluation.instances import instance_metrics
 from snakescope.segmentation.unet import (CLASS_NAMES, UNet, architecture_for, build_keras_model, class_confusion,
-                             labels_to_classes, load_unet, normalize_percentile, patch_batches, predict_instances,
-                             predict_probabilities, probabilities_to_classes, probabilities_to_instances, read_pairs,
-                             receptive_field_radius, resolve_split, train_unet)
+                                         labels_to_classes, load_unet, normalize_percentile, patch_batches,
+                                         predict_instances, predict_probabilities, predict_unet,
+                                         probabilities_to_classes, probabilities_to_instances, read_pairs, train_unet)
 
 # Keras 3.15 converts its own variables with np.array(copy=False) semantics numpy 2 warns about
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword")
@@ -43,9 +44,10 @@ def trained(tmp_path_factory, nuclei_pairs):
     """A tiny U-Net trained for seconds on three quadrants of StarDist's real nuclei image;
     the fourth quadrant (q11) is held out for validation and scoring."""
     out = tmp_path_factory.mktemp("unet") / "model"
-    config = train_unet(nuclei_pairs, out, split=SPLIT, architecture=TINY, patch_shape=(64, 64), batch_size=8,
-                        epochs=10, steps_per_epoch=12, learning_rate=3e-3, patience=5, seed=7)
-    return out, config
+    settings = defaults().segmentation.unet.replace(architecture=TINY, patch_size=[64, 64], batch_size=8, epochs=10,
+                                                    steps_per_epoch=12, learning_rate=3e-3, patience=5)
+    metadata = train_unet(nuclei_pairs, out, settings, split=SPLIT, seed=7)
+    return out, metadata
 
 
 def tiny_frames(n=4, seed=0):
@@ -56,10 +58,11 @@ def tiny_frames(n=4, seed=0):
     return {f"t{t}": (normalize_percentile(image[t]), tl.labels[t].reshape(image.shape[-2:])) for t in range(n)}
 
 
-def quick_train(pairs, out, **kw):
-    settings = dict(architecture={"n_depth": 1, "n_filter_base": 4}, patch_shape=(32, 32), batch_size=2, epochs=1,
-                    steps_per_epoch=1, optimize_thresholds=False)
-    return train_unet(pairs, out, **{**settings, **kw})
+def quick_train(pairs, out, split, *, seed=0, parent=None, **settings):
+    settings = defaults().segmentation.unet.replace(**{"architecture": {"n_depth": 1, "n_filter_base": 4},
+                                                       "patch_size": [32, 32], "batch_size": 2, "epochs": 1,
+                                                       "steps_per_epoch": 1, **settings})
+    return train_unet(pairs, out, settings, split=split, seed=seed, parent=parent, optimize_thresholds=False)
 
 
 # ---------------------------------------------------------------------------------------
@@ -131,17 +134,24 @@ def test_patch_batches_are_seeded_and_augmented(nuclei_pairs):
 
 @pytest.mark.slow
 def test_trained_model_folder(trained):
-    out, config = trained
-    for name in ("best.weights.h5", "last.weights.h5", "config.json", "split.json", "history.csv", "history.png",
-                 "validation_metrics.csv", "confusion.csv", "confusion.png"):
+    out, metadata = trained
+    for name in ("weights_best.h5", "weights_last.h5", "config.json", "split.json", "training.csv", "training.png",
+                 "training.log", "snakescope.json", "validation_metrics.csv", "confusion.csv", "confusion.png"):
         assert (out / name).stat().st_size > 0, name
-    saved = json.loads((out / "config.json").read_text())
-    assert saved["architecture"]["n_filter_base"] == 8 and saved["architecture"]["ndim"] == 2
-    assert saved["training"]["validation"] == ["q11"] and saved["training"]["train"] == ["q00", "q01", "q10"]
-    weights = saved["training"]["class_weights"]
+    for old in ("best.weights.h5", "last.weights.h5", "history.csv", "history.png"):
+        assert not (out / old).exists(), old
+    config = json.loads((out / "config.json").read_text())
+    assert config["format"] == "snakescope-unet/2" and config["classes"] == list(CLASS_NAMES)
+    assert config["architecture"]["n_filter_base"] == 8 and config["architecture"]["ndim"] == 2
+    assert config["postprocessing"] == metadata["postprocessing"]
+    saved = json.loads((out / "snakescope.json").read_text())
+    assert saved["kind"] == "unet" and saved["seed"] == 7 and saved["validation"] == metadata["validation"]
+    assert saved["data"]["validation_keys"] == ["q11"] and saved["data"]["train_keys"] == ["q00", "q01", "q10"]
+    assert json.loads((out / "split.json").read_text()) == {"train": ["q00", "q01", "q10"], "validation": ["q11"]}
+    weights = saved["class_weights"]
     assert weights[1] > weights[2] > weights[0]  # the thin contour class is the rarest
-    history = pd.read_csv(out / "history.csv")
-    assert {"loss", "val_loss"} <= set(history.columns)
+    history = pd.read_csv(out / "training.csv")
+    assert {"loss", "val_loss", "lr"} <= set(history.columns)
     assert len(history) == saved["training"]["epochs_run"] >= 2
     assert history["val_loss"].iloc[-1] < history["val_loss"].iloc[0]  # it learned something
     assert not list(out.parent.glob("*.partial-*"))
@@ -193,29 +203,16 @@ def test_blockwise_prediction_equals_whole_image(trained, nuclei_pairs):
 
 
 @pytest.mark.slow
-def test_blockwise_3d_anisotropic_equals_whole_volume():
-    import keras
-
-    keras.utils.set_random_seed(0)
-    arch = architecture_for(3, {"n_filter_base": 4, "pool_size": (1, 2, 2)})
-    model = UNet({"architecture": arch}, build_keras_model(arch))
-    assert receptive_field_radius(arch)[0] < receptive_field_radius(arch)[1]
-    volume = np.random.default_rng(1).random((10, 60, 70)).astype(np.float32)
-    whole = predict_probabilities(model, volume, block_shape=None)
-    blocks = predict_probabilities(model, volume, block_shape=(6, 40, 40))
-    assert np.allclose(blocks, whole, atol=1e-5)
-
-
-@pytest.mark.slow
 def test_3d_training_and_timelapse_prediction(tmp_path):
     from snakescope.synthetic import make_timelapse
 
     tl = make_timelapse(ndim=3, n_frames=3, shape=(12, 64, 64), n_cells=3, seed=2)
     pairs = {f"t{t}": (normalize_percentile(tl.image[t]), tl.labels[t]) for t in range(3)}
-    config = quick_train(pairs, tmp_path / "m3d", architecture={"n_depth": 1, "n_filter_base": 4, "pool_size": (1, 2, 2)},
-                         patch_shape=(4, 32, 32), split={"train": ["t0", "t1"], "validation": ["t2"]})
-    assert config["architecture"]["ndim"] == 3 and config["architecture"]["kernel_size"] == [3, 3, 3]
+    metadata = quick_train(pairs, tmp_path / "m3d", {"train": ["t0", "t1"], "validation": ["t2"]},
+                           architecture={"n_depth": 1, "n_filter_base": 4, "pool_size": [1, 2, 2]}, patch_size=[4, 32, 32])
+    assert metadata["ndim"] == 3 and metadata["patch_size"] == [4, 32, 32]
     model = load_unet(tmp_path / "m3d")
+    assert model.architecture["ndim"] == 3 and model.architecture["kernel_size"] == [3, 3, 3]
     stack = np.stack([pairs["t0"][0], pairs["t1"][0]])  # T, Z, Y, X
     labels = predict_instances(model, stack, block_shape=(8, 32, 32))
     assert labels.shape == stack.shape and labels.dtype == np.int32
@@ -288,22 +285,29 @@ def test_class_confusion_against_the_training_targets():
 
 def test_predict_unet_keeps_the_class_map_next_to_the_labels(trained, nuclei_pairs, tmp_path):
     """segment's U-Net output: instances as before plus the class map, per time point; StarDist's unchanged."""
-    from snakescope.segmentation import stardist as segment
     from snakescope.ingest.convert import ingest
 
     out, _ = trained
     frames = np.stack([nuclei_pairs["q11"][0], nuclei_pairs["q01"][0]])  # T, Y, X (normalized)
     tifffile.imwrite(tmp_path / "image.tif", frames)
     ingest(tmp_path / "image.tif", "TYX", tmp_path / "image.ome.zarr", name="n", voxel_size={"y": 0.5, "x": 0.5},
-           chunks={"y": 128, "x": 128})
-    segment.predict_unet(out, tmp_path / "image.ome.zarr", tmp_path / "labels.ome.zarr", block_size=192)
+           settings=defaults().ingest.replace(chunks={"z": 16, "y": 128, "x": 128}))
+    from snakescope import segmentation
+
+    model = segmentation.load_model(out)  # told apart from StarDist by its config.json
+    assert isinstance(model, UNet)
+    settings = defaults().segmentation.replace(method="unet", block_size=192)
+    summary = segmentation.segment(model, tmp_path / "image.ome.zarr", tmp_path / "labels.ome.zarr", settings, channel=0)
+    assert summary == predict_unet(model, tmp_path / "image.ome.zarr", tmp_path / "again.ome.zarr", settings, channel=0)
+    with pytest.raises(InputError, match="only StarDist predictions can be scattered"):
+        segmentation.segment_part(model, tmp_path / "image.ome.zarr", tmp_path / "part.zarr", settings, part=0,
+                                  n_parts=2, channel=0)
     labels = labels_io.read_labels_image(tmp_path / "labels.ome.zarr")
     classes = labels_io.read_class_map(tmp_path / "labels.ome.zarr")
     assert labels.data.dtype == np.uint32 and classes.data.dtype == np.uint8
     assert classes.axes == labels.axes == "tyx" and classes.shape == labels.shape == frames.shape
     assert classes.data.chunks == labels.data.chunks == (1, 128, 128)
     assert classes.attrs["image-label"]["properties"][2] == {"label-value": 2, "class": "body"}
-    model = load_unet(out)
     for t in range(2):
         prob = predict_probabilities(model, frames[t], block_shape=(192, 192))
         assert np.array_equal(classes.data[t], prob.argmax(-1))
@@ -320,43 +324,26 @@ def test_predict_unet_keeps_the_class_map_next_to_the_labels(trained, nuclei_pai
 
 
 # ---------------------------------------------------------------------------------------
-# Split
+# Fine-tuning
 
 
 @pytest.mark.slow
-def test_split_saved_and_reused(tmp_path):
+def test_fine_tuning_starts_from_the_parents_network(tmp_path):
     pairs = tiny_frames()
-    split_file = tmp_path / "unet_split.json"
-    first = quick_train(pairs, tmp_path / "a", split_file=split_file, validation_fraction=0.25, seed=1)
-    saved = json.loads(split_file.read_text())
-    assert sorted(saved["train"] + saved["validation"]) == sorted(pairs)
-    assert saved["validation"] and saved["train"]
-    assert first["training"]["validation"] == saved["validation"]
-    assert json.loads((tmp_path / "a" / "split.json").read_text())["validation"] == saved["validation"]
-
-    # a different seed and fraction would split differently, but the saved split wins
-    custom = {"train": ["t0", "t2", "t3"], "validation": ["t1"], "seed": 1, "validation_fraction": 0.25}
-    split_file.write_text(json.dumps(custom))
-    again = quick_train(pairs, tmp_path / "b", split_file=split_file, validation_fraction=0.5, seed=99)
-    assert again["training"]["validation"] == ["t1"] and again["training"]["train"] == ["t0", "t2", "t3"]
-
-
-
-def test_previous_folder_split_reused(tmp_path):
-    keys = [f"s{i}" for i in range(10)]
-    fresh = resolve_split(keys, tmp_path / "model", tmp_path / "new", validation_fraction=0.3, seed=1)
-    assert (tmp_path / "new" / "split.json").exists() and len(fresh[1]) >= 1
-    assert resolve_split(keys, tmp_path / "model", tmp_path / "again", validation_fraction=0.3, seed=1) == fresh
-    # a previous training's folder holds a split: a new seed and fraction do not change it
-    (tmp_path / "model").mkdir()
-    (tmp_path / "model" / "split.json").write_text(json.dumps({"train": keys[1:], "validation": ["s0"]}))
-    train, val, _ = resolve_split(keys + ["s10"], tmp_path / "model", tmp_path / "tmp", validation_fraction=0.9, seed=7)
-    assert val[:1] == ["s0"] and set(keys[1:]) <= set(train)  # known samples keep their set
-    assert "s10" in train + val  # a new sample is placed, once
-    saved = json.loads((tmp_path / "tmp" / "split.json").read_text())
-    assert saved["validation"] == val and saved["train"] == train
-    with pytest.raises(InputError, match="neither"):
-        resolve_split(keys, tmp_path, tmp_path / "x", split={"train": keys[:3], "validation": keys[3:5]})
+    split = {"train": ["t0", "t1", "t2"], "validation": ["t3"]}
+    quick_train(pairs, tmp_path / "parent", split, seed=1)
+    parent = load_unet(tmp_path / "parent")
+    # the architecture in the settings is ignored: the parent's network goes on training
+    metadata = quick_train(pairs, tmp_path / "child", split, seed=2, parent=tmp_path / "parent",
+                           architecture={"n_depth": 2, "n_filter_base": 8}, learning_rate=1e-9)
+    child = load_unet(tmp_path / "child")
+    assert metadata["parent"] == str(tmp_path / "parent") and child.architecture == parent.architecture
+    for a, b in zip(child.keras_model.get_weights(), parent.keras_model.get_weights()):
+        np.testing.assert_allclose(a, b, atol=1e-6)  # one step at a tiny learning rate: the parent's weights
+    volumes = {"v": (np.stack([pairs["t0"][0]] * 4), np.stack([pairs["t0"][1]] * 4))}
+    with pytest.raises(InputError, match="2D U-Net cannot be fine-tuned on 3D frames"):
+        quick_train(volumes, tmp_path / "never", {"train": ["v"], "validation": []}, parent=tmp_path / "parent")
+    assert not (tmp_path / "never").exists()
 
 
 # ---------------------------------------------------------------------------------------
@@ -368,16 +355,29 @@ def test_bad_training_pairs_name_the_sample(tmp_path):
     labels = np.zeros((32, 32), np.uint16)
     labels[5:15, 5:15] = 1
     good = {"good": (image, labels)}
+    settings = defaults().segmentation.unet
+
+    def train(pairs):
+        train_unet(pairs, tmp_path / "m", settings, split={"train": sorted(pairs), "validation": []}, seed=0)
+
     with pytest.raises(InputError, match=r"sample_B.*\(32, 30\).*\(32, 32\)"):
-        train_unet({**good, "sample_B": (image, labels[:, :30])}, tmp_path / "m")
+        train({**good, "sample_B": (image, labels[:, :30])})
     with pytest.raises(InputError, match=r"sample_C.*float64.*integer"):
-        train_unet({**good, "sample_C": (image, labels.astype(np.float64))}, tmp_path / "m")
+        train({**good, "sample_C": (image, labels.astype(np.float64))})
     with pytest.raises(InputError, match=r"sample_D.*no objects"):
-        train_unet({**good, "sample_D": (image, np.zeros_like(labels))}, tmp_path / "m")
+        train({**good, "sample_D": (image, np.zeros_like(labels))})
     with pytest.raises(InputError, match="2D and 3D"):
-        train_unet({**good, "vol": (np.stack([image] * 4), np.stack([labels] * 4))}, tmp_path / "m")
+        train({**good, "vol": (np.stack([image] * 4), np.stack([labels] * 4))})
+    with pytest.raises(InputError, match="neither the training nor the validation set"):
+        train_unet(good, tmp_path / "m", settings, split={"train": ["other"], "validation": []}, seed=0)
     assert not (tmp_path / "m").exists()  # nothing written for bad input
     with pytest.raises(InputError, match="not a U-Net model folder"):
+        load_unet(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps({"format": "snakescope-unet/1"}))
+    with pytest.raises(InputError, match=f"{tmp_path}: was trained by an older snakescope"):
+        load_unet(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps({"n_dim": 2, "n_rays": 32}))  # a StarDist folder
+    with pytest.raises(InputError, match=f"{tmp_path}: not a snakescope U-Net model folder"):
         load_unet(tmp_path)
     with pytest.raises(InputError, match=r"image.*2D U-Net.*\(4, 32, 32, 2\)"):
         predict_probabilities(UNet({"architecture": architecture_for(2, TINY)}, None), np.zeros((4, 32, 32, 2)))

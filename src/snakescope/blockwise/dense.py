@@ -1,4 +1,5 @@
-"""Blockwise prediction of a convolutional network over images larger than memory.
+"""Blockwise prediction of a convolutional network over images larger than memory: the dense
+engine of restoration (N2V, CARE) and of the U-Net's class probabilities.
 
 A block is predicted from its *outer* region (the block's *core* grown by a halo on every
 axis that the network convolves over) and only the core of the result is written. When the
@@ -11,9 +12,9 @@ Two details make that hold exactly for a U-Net and not only approximately:
   multiples of ``2**n``. Outer regions therefore start and end on a grid of step ``align``
   (``2**n``) anchored where the network's input starts.
 * **Virtual padding.** csbdeep (and n2v) pad the whole image by reflection to a multiple of
-  ``2**n`` (split between both ends) before predicting. :func:`predict_blockwise` pads the
-  same way, virtually: blocks that reach the image border are reflect-padded when read, so
-  the image itself is never padded nor held whole.
+  ``2**n`` (split between both ends) before predicting; snakescope's U-Net pads it with
+  zeros at the end. :func:`predict_blockwise` pads either way, virtually: blocks that reach
+  the image border are padded when read, so the image itself is never padded nor held whole.
 
 Memory is bounded by a few blocks (one being read, one predicted, one written: reading,
 prediction and writing overlap on threads), not by the image.
@@ -31,7 +32,13 @@ from typing import Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 
-__all__ = ["Block", "iter_blocks", "predict_blockwise", "receptive_halo", "split_pad"]
+__all__ = ["MAX_Z_BLOCK", "PAD_MODES", "Block", "end_pad", "frame_block_shape", "iter_blocks",
+           "predict_blockwise", "receptive_halo", "split_pad"]
+
+#: How the virtual padding beyond the image is filled (``np.pad`` modes).
+PAD_MODES = ("reflect", "constant")
+#: The largest z extent of a 3D frame's block (a block's activations grow with every axis).
+MAX_Z_BLOCK = 64
 
 
 @dataclass(frozen=True)
@@ -69,6 +76,17 @@ def split_pad(shape: Sequence[int], align: Sequence[int]) -> tuple[tuple[int, in
         v = (-int(n)) % int(d)
         pads.append((v // 2, v - v // 2))
     return tuple(pads)
+
+
+def end_pad(shape: Sequence[int], align: Sequence[int]) -> tuple[tuple[int, int], ...]:
+    """Padding to a multiple of ``align`` all at the end of each axis (the U-Net's)."""
+    return tuple((0, (-int(n)) % int(d)) for n, d in zip(shape, align))
+
+
+def frame_block_shape(block_size: int, ndim: int) -> tuple[int, ...]:
+    """The largest block of a 2D or 3D frame for ``segmentation.block_size``: that size in y
+    and x, at most :data:`MAX_Z_BLOCK` in z."""
+    return ((min(int(block_size), MAX_Z_BLOCK),) if ndim == 3 else ()) + (int(block_size),) * 2
 
 
 def receptive_halo(n_depth: int, kern_size: int, n_conv_per_depth: int = 2, pool: int = 2,
@@ -137,27 +155,31 @@ def iter_blocks(shape: Sequence[int], axes: str, block_shape, halo, *, align=Non
     yield from rec(0, [])
 
 
-def read_padded(read_region: Callable, shape: Sequence[int], outer: tuple) -> np.ndarray:
-    """Read ``outer`` (which may reach beyond the image) and reflect-pad the part outside."""
+def read_padded(read_region: Callable, shape: Sequence[int], outer: tuple, mode: str = "reflect") -> np.ndarray:
+    """Read ``outer`` (which may reach beyond the image) and pad the part outside
+    (``mode``: ``reflect``, or ``constant`` for zeros)."""
     inside = tuple(slice(max(s.start, 0), min(s.stop, n)) for s, n in zip(outer, shape))
     block = np.asarray(read_region(inside))
     widths = [(max(0, -s.start), max(0, s.stop - n)) for s, n in zip(outer, shape)]
     if any(lo or hi for lo, hi in widths):
-        block = np.pad(block, widths, mode="reflect")
+        block = np.pad(block, widths, mode=mode)
     return block
 
 
 def predict_blockwise(read_region: Callable, write_region: Callable, shape: Sequence[int], axes: str,
                       block_shape, halo, predict_fn: Callable, *, align=None, pad="auto",
-                      prefetch: int = 1, progress: Callable | None = None) -> dict:
+                      pad_mode: str = "reflect", prefetch: int = 1, progress: Callable | None = None) -> dict:
     """Predict an image block by block: ``write_region(core, predict_fn(read(outer))[crop])``.
 
     ``read_region(region)`` returns the array for a tuple of slices inside ``shape``;
     ``write_region(region, array)`` stores a result; ``predict_fn(block)`` returns an array
-    of the block's shape (blocks along axes without halo, such as t, arrive several frames
-    at a time when ``block_shape`` says so: treat them as a batch). ``align`` is the network's
-    size divisor per axis; ``pad='auto'`` pads virtually like csbdeep (see :func:`split_pad`),
-    ``pad=None`` not at all.
+    of the block's shape, optionally with trailing axes of its own (class probabilities)
+    (blocks along axes without halo, such as t, arrive several frames at a time when
+    ``block_shape`` says so: treat them as a batch). ``align`` is the network's size divisor
+    per axis; ``pad='auto'`` pads virtually like csbdeep (see :func:`split_pad`),
+    ``pad='end'`` at the end of each axis (:func:`end_pad`), ``pad=None`` not at all, or
+    give the (before, after) widths per axis; ``pad_mode`` fills the padding by reflection
+    or with zeros (``constant``).
 
     Reading the next block and writing the previous one run on two threads beside the
     prediction, with at most ``prefetch`` blocks waiting on each side, so memory stays at a
@@ -165,7 +187,9 @@ def predict_blockwise(read_region: Callable, write_region: Callable, shape: Sequ
     """
     shape = tuple(int(s) for s in shape)
     align_t = _per_axis(align, axes, 1, "align")
-    pads = split_pad(shape, align_t) if pad == "auto" else pad
+    if pad_mode not in PAD_MODES:
+        raise ValueError(f"pad_mode {pad_mode!r} is not one of {PAD_MODES}")
+    pads = split_pad(shape, align_t) if pad == "auto" else end_pad(shape, align_t) if pad == "end" else pad
     blocks = list(iter_blocks(shape, axes, block_shape, halo, align=align_t, pad=pads))
     stats = {"n_blocks": len(blocks), "read_s": 0.0, "predict_s": 0.0, "write_s": 0.0,
              "voxels_predicted": 0, "voxels_written": 0}
@@ -198,7 +222,7 @@ def predict_blockwise(read_region: Callable, write_region: Callable, shape: Sequ
         try:
             for blk in blocks:
                 t0 = time.perf_counter()
-                data = read_padded(read_region, shape, blk.outer)
+                data = read_padded(read_region, shape, blk.outer, pad_mode)
                 stats["read_s"] += time.perf_counter() - t0
                 if not put(read_q, (blk, data)):
                     return
@@ -237,7 +261,7 @@ def predict_blockwise(read_region: Callable, write_region: Callable, shape: Sequ
             t0 = time.perf_counter()
             pred = np.asarray(predict_fn(data))
             stats["predict_s"] += time.perf_counter() - t0
-            if pred.shape != data.shape:
+            if pred.shape[:data.ndim] != data.shape:
                 raise ValueError(f"predict_fn returned shape {pred.shape} for a block of shape {data.shape}")
             stats["voxels_predicted"] += data.size
             out = np.ascontiguousarray(pred[blk.crop])

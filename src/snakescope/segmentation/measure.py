@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 
 from snakescope.io import ngff
 from snakescope.io.atomic import atomic_path
 from snakescope.io.frames import frames, spatial_axes
+
+__all__ = ["PROPS_2D", "PROPS_3D", "measure", "measure_frame", "measure_objects"]
 
 PROPS_2D = ("label", "centroid", "area", "bbox", "intensity_mean", "intensity_max", "eccentricity",
             "solidity", "perimeter", "axis_major_length", "axis_minor_length", "orientation")
@@ -34,8 +34,9 @@ def measure_frame(labels: np.ndarray, intensity: np.ndarray, spatial: str, voxel
     return table
 
 
-def measure(labels_path, image_path, out_path, *, channel: int = 0) -> int:
-    """objects.parquet for a labels NGFF (from segmentation) and its raw intensity image."""
+def measure_objects(labels_path, image_path, *, channel: int = 0):
+    """One row per object and time point (``t``, ``label``, centroid per axis, size, shape
+    and intensity) of a labels NGFF (from segmentation) on its raw intensity image."""
     import pandas as pd
 
     from snakescope.io.labels import read_labels_image
@@ -51,7 +52,12 @@ def measure(labels_path, image_path, out_path, *, channel: int = 0) -> int:
         table = measure_frame(labels, intensity, spatial, voxel)
         table.insert(0, "t", 0 if t is None else t)
         tables.append(table)
-    result = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
+    return pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
+
+
+def measure(labels_path, image_path, out_path, *, channel: int = 0) -> int:
+    """objects.parquet (:func:`measure_objects`), written atomically; returns the row count."""
+    result = measure_objects(labels_path, image_path, channel=channel)
     with atomic_path(out_path) as tmp:
         result.to_parquet(tmp, index=False)
     return len(result)

@@ -1,0 +1,190 @@
+"""The three-class U-Net's network: its architecture (defaults filled in per dimensionality),
+the Keras model (csbdeep's ``custom_unet`` with a softmax), the pooling grid and receptive
+field that blockwise prediction needs, and the loaded model (:class:`UNet`, :func:`load_unet`).
+
+The model folder is the training harness's (:mod:`snakescope.training.harness`);
+``config.json`` holds what rebuilding the network needs (format, classes, architecture,
+post-processing thresholds, prediction grid and halo).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+
+from snakescope.errors import InputError
+from snakescope.segmentation.unet.targets import CLASS_NAMES
+from snakescope.training.harness import CONFIG, WEIGHTS_BEST, WEIGHTS_LAST, load_weights
+
+__all__ = ["DEFAULT_ARCHITECTURE", "DEFAULT_POSTPROCESSING", "FORMAT", "UNet", "architecture_for",
+           "build_keras_model", "divisor", "load_unet", "receptive_field_radius"]
+
+#: The config.json format; /1 (best.weights.h5, Keras 3 weights) folders predate the harness.
+FORMAT = "snakescope-unet/2"
+
+#: Architecture settings where ``segmentation.unet.architecture`` leaves them out (2D and 3D).
+DEFAULT_ARCHITECTURE = {
+    "n_depth": 2,
+    "n_filter_base": 16,
+    "kernel_size": 3,
+    "pool_size": 2,
+    "n_conv_per_depth": 2,
+    "batch_norm": False,
+    "dropout": 0.0,
+}
+#: Post-processing of a model whose config.json leaves them out (training tunes the thresholds).
+DEFAULT_POSTPROCESSING = {
+    "body_threshold": 0.5,
+    "foreground_threshold": 0.5,
+    "min_seed_size": 3,
+    "min_size": 8,
+    "seed_erosion": 0,
+}
+
+
+def per_axis(value, ndim: int) -> tuple[int, ...]:
+    """A size given once for every axis, or one per axis, as one per axis."""
+    if np.isscalar(value):
+        return (int(value),) * ndim
+    value = tuple(int(v) for v in value)
+    if len(value) != ndim:
+        raise InputError("unet", f"{value} has {len(value)} entries for a {ndim}D network")
+    return value
+
+
+def architecture_for(ndim: int, architecture: Mapping | None = None) -> dict:
+    """The full architecture (defaults filled in, sizes per axis) of a ``ndim``-D U-Net."""
+    arch = {**DEFAULT_ARCHITECTURE, **(architecture or {})}
+    unknown = set(arch) - set(DEFAULT_ARCHITECTURE)
+    if unknown:
+        raise InputError("unet", f"unknown architecture settings {sorted(unknown)}")
+    arch["kernel_size"] = list(per_axis(arch["kernel_size"], ndim))
+    arch["pool_size"] = list(per_axis(arch["pool_size"], ndim))
+    if any(k % 2 == 0 for k in arch["kernel_size"]):
+        raise InputError("unet.kernel_size", f"{arch['kernel_size']}: kernel sizes must be odd")
+    arch["ndim"] = ndim
+    arch["n_channel_in"] = 1
+    arch["n_classes"] = len(CLASS_NAMES)
+    return arch
+
+
+def build_keras_model(architecture: Mapping):
+    """A csbdeep U-Net with a softmax over the three classes; input (None, ..., 1)."""
+    from csbdeep.internals.nets import custom_unet
+
+    ndim = int(architecture["ndim"])
+    return custom_unet((None,) * ndim + (1,), "softmax",
+                       n_depth=int(architecture["n_depth"]),
+                       n_filter_base=int(architecture["n_filter_base"]),
+                       kernel_size=tuple(architecture["kernel_size"]),
+                       n_conv_per_depth=int(architecture["n_conv_per_depth"]),
+                       batch_norm=bool(architecture["batch_norm"]),
+                       dropout=float(architecture["dropout"]),
+                       pool_size=tuple(architecture["pool_size"]),
+                       n_channel_out=int(architecture["n_classes"]))
+
+
+def divisor(architecture: Mapping) -> tuple[int, ...]:
+    """Sizes must be multiples of pool**depth per axis (and blocks start on that grid)."""
+    return tuple(int(p) ** int(architecture["n_depth"]) for p in architecture["pool_size"])
+
+
+def receptive_field_radius(architecture: Mapping) -> tuple[int, ...]:
+    """An upper bound, per axis, on how far (pixels) an output pixel sees into the input.
+
+    Counts every convolution (k // 2 at its level's scale), max pooling (p - 1 at the
+    finer scale) and nearest upsampling (one coarse pixel) of csbdeep's ``unet_block``.
+    """
+    radii = []
+    depth, n_conv = int(architecture["n_depth"]), int(architecture["n_conv_per_depth"])
+    for k, p in zip(architecture["kernel_size"], architecture["pool_size"]):
+        r, scale = 0, 1
+        for _ in range(depth):
+            r += n_conv * (k // 2) * scale + (p - 1) * scale
+            scale *= p
+        r += n_conv * (k // 2) * scale
+        for _ in range(depth):
+            r += scale
+            scale //= p
+            r += n_conv * (k // 2) * scale
+        radii.append(r)
+    return tuple(radii)
+
+
+def round_up(value: int, multiple: int) -> int:
+    """``value`` rounded up to a multiple of ``multiple`` (the pooling grid)."""
+    return int(math.ceil(value / multiple) * multiple)
+
+
+class UNet:
+    """A loaded U-Net: its ``config.json`` and the Keras model with weights."""
+
+    def __init__(self, config: dict, keras_model, model_dir: Path | None = None):
+        self.config = config
+        self.keras_model = keras_model
+        self.model_dir = model_dir
+
+    @property
+    def architecture(self) -> dict:
+        return self.config["architecture"]
+
+    @property
+    def ndim(self) -> int:
+        return int(self.architecture["ndim"])
+
+    @property
+    def postprocessing(self) -> dict:
+        return {**DEFAULT_POSTPROCESSING, **self.config.get("postprocessing", {})}
+
+    def predict_probabilities(self, image, block_shape="auto", halo=None, out=None, where="image"):
+        from snakescope.segmentation.unet.predict import predict_probabilities
+
+        return predict_probabilities(self, image, block_shape, halo, out=out, where=where)
+
+    def predict_instances(self, image, block_shape="auto", halo=None, where="image", classes_out=None,
+                          **postprocessing):
+        from snakescope.segmentation.unet.predict import predict_instances
+
+        return predict_instances(self, image, block_shape, halo, where=where, classes_out=classes_out,
+                                 **postprocessing)
+
+
+def load_unet(model_dir: str | Path, weights: str = "best") -> UNet:
+    """Rebuild the network from ``config.json`` and load ``best`` (or ``last``) weights, to
+    predict any number of images; InputError naming the folder or file that does not fit."""
+    model_dir = Path(model_dir)
+    config_file = model_dir / CONFIG
+    if not config_file.exists():
+        raise InputError(model_dir, "not a U-Net model folder (config.json missing)")
+    config = json.loads(config_file.read_text())
+    if config.get("format") != FORMAT:
+        found = config.get("format")
+        problem = (f"was trained by an older snakescope (format {found!r}, expected {FORMAT!r}): train it again"
+                   if str(found).startswith("snakescope-unet/") else
+                   f"not a snakescope U-Net model folder (config.json format {found!r}, expected {FORMAT!r})")
+        raise InputError(model_dir, problem)
+    names = {"best": WEIGHTS_BEST, "last": WEIGHTS_LAST}
+    if weights not in names:
+        raise InputError(model_dir, f"weights must be 'best' or 'last', not {weights!r}")
+    weight_file = model_dir / names[weights]
+    if not weight_file.exists():
+        raise InputError(weight_file, "weights file missing")
+    model = build_keras_model(config["architecture"])
+    try:
+        load_weights(model, weight_file)
+    except Exception as exc:  # noqa: BLE001 - report which file does not fit
+        raise InputError(weight_file, f"weights do not fit the architecture in config.json ({type(exc).__name__}: {exc})") from None
+    return UNet(config, model, model_dir)
+
+
+def _as_unet(model) -> UNet:
+    if isinstance(model, UNet):
+        return model
+    if isinstance(model, (str, Path)):
+        return load_unet(model)
+    raise TypeError(f"expected a UNet or a model folder, got {type(model).__name__}")
+

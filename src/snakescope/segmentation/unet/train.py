@@ -1,0 +1,284 @@
+"""U-Net training: random augmented patches, a class-weighted cross-entropy (the thin
+contour class is rare), Keras ``fit`` inside the shared harness
+(:class:`snakescope.training.harness.TrainingRun`), then post-processing thresholds tuned
+and scores measured on the validation images.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+
+from snakescope.errors import InputError
+from snakescope.io.atomic import write_json
+from snakescope.segmentation.training_data import train_validation_keys
+from snakescope.segmentation.unet.network import (DEFAULT_POSTPROCESSING, FORMAT, UNet, architecture_for,
+                                                  build_keras_model, divisor, load_unet, per_axis,
+                                                  receptive_field_radius, round_up)
+from snakescope.segmentation.unet.predict import predict_probabilities, probabilities_to_instances
+from snakescope.segmentation.unet.targets import (CLASS_NAMES, check_pair, class_weights_from_frequencies,
+                                                  labels_to_classes)
+from snakescope.settings import UNetTraining
+from snakescope.training.harness import CONFIG, METADATA, Schedule, TrainingRun, seed_everything
+
+log = logging.getLogger(__name__)
+
+__all__ = ["AUGMENT", "DEFAULT_PATCH", "patch_batches", "train_unet"]
+
+#: Augmentation of the training patches (``segmentation.unet.augment: true``).
+AUGMENT = {
+    "flip": True,
+    "rot90": True,
+    "intensity_scale": [0.8, 1.25],
+    "intensity_shift": [-0.1, 0.1],
+    "noise_std": 0.05,
+}
+#: Training patch where ``segmentation.unet.patch_size`` is null, per dimensionality.
+DEFAULT_PATCH = {2: (128, 128), 3: (16, 64, 64)}
+#: Grid searched on the validation images for the post-processing thresholds.
+THRESHOLD_GRID = (0.3, 0.4, 0.5, 0.6, 0.7)
+
+
+def _weighted_loss(weights):
+    import keras
+
+    w = keras.ops.convert_to_tensor(np.asarray(weights, dtype=np.float32))
+
+    def weighted_categorical_crossentropy(y_true, y_pred):
+        y = keras.ops.cast(keras.ops.squeeze(y_true, axis=-1), "int32")
+        ce = keras.losses.sparse_categorical_crossentropy(y, y_pred)
+        return ce * keras.ops.take(w, y)
+
+    return weighted_categorical_crossentropy
+
+
+
+def _pad_to(array, shape):
+    pad = [(0, max(0, s - n)) for n, s in zip(array.shape, shape)]
+    return np.pad(array, pad) if any(p for _, p in pad) else array
+
+
+def _augment(x, y, rng, settings):
+    ndim = x.ndim
+    if settings.get("rot90", True):
+        yx = (ndim - 2, ndim - 1)
+        k = int(rng.integers(4)) if x.shape[-1] == x.shape[-2] else 2 * int(rng.integers(2))
+        x, y = np.rot90(x, k, axes=yx), np.rot90(y, k, axes=yx)
+    if settings.get("flip", True):
+        for axis in range(ndim):
+            if rng.random() < 0.5:
+                x, y = np.flip(x, axis), np.flip(y, axis)
+    lo, hi = settings.get("intensity_scale") or (1.0, 1.0)
+    a, b = settings.get("intensity_shift") or (0.0, 0.0)
+    x = x * rng.uniform(lo, hi) + rng.uniform(a, b)
+    noise = float(settings.get("noise_std") or 0.0)
+    if noise > 0:
+        x = x + rng.normal(0.0, rng.uniform(0.0, noise), x.shape)
+    return x, y
+
+
+def patch_batches(images, classes, patch_shape, batch_size, seed, *, foreground_fraction=0.5, augment=None):
+    """Endless (X, Y) batches of random patches: X (B, *patch, 1) float32, Y (B, *patch, 1) uint8.
+
+    Patches come from image i with probability proportional to its size; a fraction of them
+    is centred on a random object pixel so sparse images still teach the object classes.
+    Deterministic for a given seed.
+    """
+    rng = np.random.default_rng(seed)
+    patch_shape = tuple(patch_shape)
+    images = [_pad_to(x, patch_shape) for x in images]
+    classes = [_pad_to(c, patch_shape) for c in classes]
+    sizes = np.array([x.size for x in images], dtype=np.float64)
+    p = sizes / sizes.sum()
+    fg_index = []
+    for c in classes:
+        idx = np.flatnonzero(c.ravel())
+        if idx.size > 20000:
+            idx = np.sort(rng.choice(idx, 20000, replace=False))
+        fg_index.append(idx)
+    half = np.array(patch_shape) // 2
+    while True:
+        X = np.empty((batch_size,) + patch_shape + (1,), np.float32)
+        Y = np.empty((batch_size,) + patch_shape + (1,), np.uint8)
+        for b in range(batch_size):
+            i = int(rng.choice(len(images), p=p))
+            shape = np.array(images[i].shape)
+            if fg_index[i].size and rng.random() < foreground_fraction:
+                centre = np.array(np.unravel_index(int(rng.choice(fg_index[i])), shape))
+                start = np.clip(centre - half, 0, shape - patch_shape)
+            else:
+                start = np.array([int(rng.integers(0, n - s + 1)) for n, s in zip(shape, patch_shape)])
+            sl = tuple(slice(int(s), int(s) + n) for s, n in zip(start, patch_shape))
+            x, y = images[i][sl], classes[i][sl]
+            if augment:
+                x, y = _augment(x, y, rng, augment)
+            X[b, ..., 0] = x
+            Y[b, ..., 0] = y
+        yield X, Y
+
+
+def _validation_patches(images, classes, patch_shape, max_patches, seed):
+    """Non-overlapping patches covering the validation images (a seeded subset if many)."""
+    xs, ys = [], []
+    for x, c in zip(images, classes):
+        x, c = _pad_to(x, patch_shape), _pad_to(c, patch_shape)
+        starts = [sorted(set(list(range(0, n - p + 1, p)) + [n - p])) for n, p in zip(x.shape, patch_shape)]
+        for corner in np.ndindex(*[len(s) for s in starts]):
+            sl = tuple(slice(starts[a][i], starts[a][i] + patch_shape[a]) for a, i in enumerate(corner))
+            xs.append(x[sl])
+            ys.append(c[sl])
+    if len(xs) > max_patches:
+        keep = np.sort(np.random.default_rng(seed + 1).choice(len(xs), max_patches, replace=False))
+        xs, ys = [xs[i] for i in keep], [ys[i] for i in keep]
+    return np.stack(xs)[..., None].astype(np.float32), np.stack(ys)[..., None].astype(np.uint8)
+
+
+
+def _optimize_postprocessing(probs, labels, base: dict) -> tuple[dict, float]:
+    """Body/foreground thresholds maximising the dataset F1 at IoU 0.5 on validation images."""
+    from snakescope.evaluation.instances import instance_metrics, summarize
+
+    best, best_f1 = dict(base), -1.0
+    for bt in THRESHOLD_GRID:
+        for ft in THRESHOLD_GRID:
+            settings = {**base, "body_threshold": bt, "foreground_threshold": ft}
+            per = {str(i): instance_metrics(gt, probabilities_to_instances(p, **settings), (0.5,))
+                   for i, (p, gt) in enumerate(zip(probs, labels))}
+            f1 = float(summarize(per)["f1"].iloc[0])
+            if f1 > best_f1 + 1e-9:
+                best, best_f1 = settings, f1
+    return best, best_f1
+
+
+
+def _parent(folder: str | Path, ndim: int) -> UNet:
+    """The U-Net to fine-tune, checked: same dimensionality."""
+    model = load_unet(folder)
+    if model.ndim != ndim:
+        raise InputError(folder, f"a {model.ndim}D U-Net cannot be fine-tuned on {ndim}D frames")
+    return model
+
+
+def train_unet(pairs: Mapping, out_dir: str | Path, settings: UNetTraining, *, split: Mapping, seed: int,
+               parent: str | Path | None = None, class_weights="auto", foreground_fraction: float = 0.5,
+               max_validation_patches: int = 64, postprocessing: Mapping | None = None,
+               optimize_thresholds: bool = True, allow_empty: bool = False, jit_compile: bool | str = "auto",
+               verbose: int = 0) -> dict:
+    """Train a 2D or 3D three-class U-Net on ``pairs`` and write its model folder.
+
+    ``pairs``: {name: (normalized image, instance labels)}, all 2D or all 3D. ``settings``:
+    ``segmentation.unet`` (3D: ``Segmentation.unet_for(3)``); a null ``architecture`` or
+    ``patch_size`` means :data:`DEFAULT_ARCHITECTURE` and :data:`DEFAULT_PATCH`; with
+    ``patience``, early stopping and the learning rate halved after half as many epochs
+    without a better validation loss. ``split``: {'train': [...], 'validation': [...]} over
+    the names (e.g. from :func:`snakescope.training.splits.make_or_load_split`). ``parent``:
+    a U-Net folder to fine-tune (its architecture and weights). ``class_weights``: "auto"
+    (median-frequency balancing of the training label frequencies) or three numbers
+    (background, contour, body).
+
+    The folder is the harness's (config.json with what rebuilding the network needs and the
+    post-processing thresholds tuned on the validation images, weights_best.h5,
+    weights_last.h5, training.csv/.png/.log, snakescope.json with the split's keys, class
+    weights, validation scores) plus ``split.json``, ``validation_metrics.csv`` (instance
+    matching at IoU 0.5..0.9 per validation image and summed) and ``confusion.csv`` /
+    ``confusion.png`` (pixel classes on validation images). Returns the metadata
+    (snakescope.json).
+    """
+    pairs = {str(k): v for k, v in pairs.items()}
+    if not pairs:
+        raise InputError(out_dir, "no training pairs given")
+    checked = {k: check_pair(k, x, y, allow_empty=allow_empty) for k, (x, y) in pairs.items()}
+    ndims = {x.ndim for x, _ in checked.values()}
+    if len(ndims) > 1:
+        raise InputError(out_dir, "training images mix 2D and 3D frames; train one model per dimensionality")
+    ndim = ndims.pop()
+    parent_model = _parent(parent, ndim) if parent else None
+    arch = parent_model.architecture if parent_model else architecture_for(ndim, settings.architecture)
+    div = divisor(arch)
+    patch_shape = tuple(round_up(p, d) for p, d in zip(per_axis(settings.patch_size or DEFAULT_PATCH[ndim], ndim), div))
+    augment_settings = dict(AUGMENT) if settings.augment else None
+    post = {**DEFAULT_POSTPROCESSING, **(postprocessing or {})}
+    classes = {k: labels_to_classes(y, k) for k, (_, y) in checked.items()}
+
+    import keras
+
+    from snakescope.evaluation.classes import semantic_metrics, write_confusion
+    from snakescope.evaluation.instances import instance_metrics, summarize, write_instance_metrics
+
+    seed_everything(seed)  # same seed, same weights on CPU
+    schedule = Schedule(epochs=int(settings.epochs), steps_per_epoch=int(settings.steps_per_epoch),
+                        learning_rate=settings.learning_rate,
+                        lr_schedule="plateau" if settings.patience else "constant",
+                        patience=int(settings.patience), time_limit=settings.time_limit)
+    with TrainingRun(out_dir, kind="unet", ndim=ndim, seed=seed, schedule=schedule, parent=parent) as run:
+        folder = run.folder
+        train_keys, val_keys, notes = train_validation_keys(split, checked, out_dir)
+        write_json(folder / "split.json", {"train": train_keys, "validation": val_keys})
+        counts = np.bincount(np.concatenate([classes[k].ravel() for k in train_keys]), minlength=3)[:3]
+        frequencies = (counts / counts.sum()).tolist()
+        if isinstance(class_weights, str):
+            if class_weights != "auto":
+                raise InputError("unet.class_weights", f"{class_weights!r}: use 'auto' or three numbers")
+            weights = class_weights_from_frequencies(frequencies)
+        else:
+            weights = [float(w) for w in class_weights]
+            if len(weights) != 3 or min(weights) <= 0:
+                raise InputError("unet.class_weights", f"{class_weights}: need three positive numbers (background, contour, body)")
+        for note in notes:
+            log.warning("%s", note)
+
+        model = build_keras_model(arch)
+        if parent_model is not None:
+            model.set_weights(parent_model.keras_model.get_weights())
+        model.compile(optimizer=keras.optimizers.Adam(settings.learning_rate), loss=_weighted_loss(weights),
+                      jit_compile=jit_compile)
+        batches = patch_batches([checked[k][0] for k in train_keys], [classes[k] for k in train_keys],
+                                patch_shape, settings.batch_size, seed, foreground_fraction=foreground_fraction,
+                                augment=augment_settings)
+        Xv, Yv = _validation_patches([checked[k][0] for k in val_keys], [classes[k] for k in val_keys],
+                                     patch_shape, max_validation_patches, seed)
+        model.fit(batches, steps_per_epoch=int(settings.steps_per_epoch), epochs=int(settings.epochs),
+                  validation_data=(Xv, Yv), validation_batch_size=settings.batch_size, callbacks=run.callbacks(),
+                  verbose=verbose, shuffle=False)
+        metadata = run.finish(model, settings=settings.to_dict(),
+                              data={"n_train": len(train_keys), "n_validation": len(val_keys),
+                                    "train_keys": train_keys, "validation_keys": val_keys},
+                              extra={"patch_size": list(patch_shape), "class_frequencies": frequencies,
+                                     "class_weights": weights, "augment": augment_settings,
+                                     "foreground_fraction": foreground_fraction, "notes": notes},
+                              title=f"U-Net ({ndim}D) training")
+
+        # the best weights (finish() loaded them) on the validation images
+        config = {"format": FORMAT, "classes": list(CLASS_NAMES), "architecture": arch, "postprocessing": post,
+                  "prediction": {"divisor": list(div), "halo": list(receptive_field_radius(arch))}}
+        unet = UNet(config, model, folder)
+        probs = [predict_probabilities(unet, checked[k][0], where=k) for k in val_keys]
+        gts = [checked[k][1] for k in val_keys]
+        if optimize_thresholds:
+            post, _ = _optimize_postprocessing(probs, gts, post)
+            config["postprocessing"] = post
+        per_sample = {k: instance_metrics(gt, probabilities_to_instances(p, **post), where=k)
+                      for k, p, gt in zip(val_keys, probs, gts)}
+        write_instance_metrics(per_sample, folder / "validation_metrics.csv")
+        total = summarize(per_sample)
+        cm = semantic_metrics(np.concatenate([classes[k].ravel() for k in val_keys]),
+                              np.concatenate([p.argmax(-1).ravel() for p in probs]), CLASS_NAMES)
+        write_confusion(cm["confusion_matrix"], CLASS_NAMES, folder / "confusion.csv", folder / "confusion.png",
+                        title="U-Net pixel classes (validation)")
+        at = total.set_index("threshold")
+        metadata["postprocessing"] = post
+        metadata["validation"] = {
+            "f1@0.5": float(at.loc[0.5, "f1"]) if 0.5 in at.index else None,
+            "accuracy@0.5": float(at.loc[0.5, "accuracy"]) if 0.5 in at.index else None,
+            "mean_f1": float(total["f1"].mean()),
+            "class_iou": {k: (None if np.isnan(v) else v) for k, v in cm["iou"].items()},
+            "mean_class_iou": None if np.isnan(cm["mean_iou"]) else cm["mean_iou"],
+        }
+        write_json(folder / CONFIG, config)
+        write_json(folder / METADATA, metadata)
+    log.info("U-Net trained: %d epochs, validation F1@0.5 %.3f", metadata["training"]["epochs_run"],
+             metadata["validation"]["f1@0.5"] or float("nan"))
+    return metadata
