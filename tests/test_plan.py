@@ -55,11 +55,12 @@ def test_stages_plan_only_samples_they_process(tmp_path):
     assert plan.stage_samples("segment") == [] and plan.stage_batches("segment") == []
     assert not [j for j in plan.jobs if j.startswith(("segment", "train_"))]
     work = plan.job("finish-b0000").task["samples"][0]["steps"]
-    assert list(work) == ["provenance"]
+    assert [s["step"] for s in work] == ["provenance"]
     plan = project(tmp_path, ["a", "b"], classification={"enabled": False}, tracking={"enabled": False})
-    assert "classifier" not in plan.job("segment-b0000").task["samples"][0]["steps"]["measure"]["inputs"]
-    assert {"qc_segmentation", "evaluate_segmentation", "provenance"} == set(
-        plan.job("finish-b0000").task["samples"][0]["steps"])
+    segment = plan.job("segment-b0000").task["samples"][0]["steps"]
+    assert [s["step"] for s in segment] == ["segment", "measure"] and "classifier" not in segment[1]["inputs"]
+    assert ["qc_segmentation", "evaluate_segmentation", "provenance"] == [
+        s["step"] for s in plan.job("finish-b0000").task["samples"][0]["steps"]]
 
 
 PREDICTION_ONLY = [("segmentation", "prob_thresh", 0.6), ("segmentation", "nms_thresh", 0.2),

@@ -26,10 +26,12 @@ wildcard_constraints:
 # Every job runs the one entry point on its plan file (or, for the summary rules, on the
 # manifests): scripts/snakescope.py --help.
 ENTRY = str(REPO / "scripts" / "snakescope.py")
-RUN = (
-    "{params.python} " + ENTRY + " run {input.task:q} --out {output[0]:q}"
-    " --threads {threads} > {log:q} 2>&1"
-)
+RUN = "{params.snakescope} run {input.task:q} --threads {threads} > {log:q} 2>&1"
+
+
+def snakescope_for(env):
+    """The command that runs the entry point in a rule's environment."""
+    return f"{python_for(env)} {ENTRY}"
 
 
 def python_for(env):
@@ -48,7 +50,9 @@ def python_for(env):
 
 
 def job_name(rule, wildcards):
-    return f"{rule}-{wildcards.batch if 'batch' in wildcards.keys() else wildcards.model}"
+    return (
+        f"{rule}-{wildcards.batch if 'batch' in wildcards.keys() else wildcards.model}"
+    )
 
 
 def job_files(rule):

@@ -3,8 +3,10 @@
 rule plan:
     output:
         "results/jobs/{job}.plan.json",
+    log:
+        "logs/jobs/plan-{job}.log",
+    localrule: True
     params:
         digest=lambda wc: PLAN.job(wc.job).digest,
-    localrule: True
     run:
-        PLAN.write_task(wildcards.job, output[0])
+        PLAN.write_task(wildcards.job, output[0], log[0])

@@ -10,15 +10,15 @@ rule prepare:
         "logs/jobs/prepare-{batch}.log",
     benchmark:
         "benchmarks/prepare-{batch}.tsv"
+    retries: config["resources"]["retries"]
+    conda:
+        "../../envs/imaging.yaml"
     threads: config["resources"]["threads"]
     resources:
         mem_mb=scaled("mem_mb"),
         runtime=scaled("runtime"),
-    retries: config["resources"]["retries"]
-    conda:
-        "../../envs/imaging.yaml"
     params:
-        python=python_for("main"),
+        snakescope=snakescope_for("main"),
     shell:
         RUN
 
@@ -34,16 +34,18 @@ rule restore:
         "logs/jobs/restore-{batch}.log",
     benchmark:
         "benchmarks/restore-{batch}.tsv"
+    retries: config["resources"]["retries"]
+    conda:
+        f"../../envs/{'n2v' if config['restoration']['method'] == 'n2v' else 'tensorflow'}.yaml"
     threads: config["resources"]["threads"]
     resources:
         mem_mb=scaled("mem_mb", 2),
         runtime=scaled("runtime", 2),
         gpu=1,
-    retries: config["resources"]["retries"]
-    conda:
-        f"../../envs/{'n2v' if config['restoration']['method'] == 'n2v' else 'tensorflow'}.yaml"
     params:
-        python=python_for("n2v" if config["restoration"]["method"] == "n2v" else "main"),
+        snakescope=snakescope_for(
+            "n2v" if config["restoration"]["method"] == "n2v" else "main"
+        ),
     shell:
         RUN
 
@@ -59,16 +61,16 @@ rule segment:
         "logs/jobs/segment-{batch}.log",
     benchmark:
         "benchmarks/segment-{batch}.tsv"
+    retries: config["resources"]["retries"]
+    conda:
+        "../../envs/tensorflow.yaml"
     threads: config["resources"]["threads"]
     resources:
         mem_mb=scaled("mem_mb", 2),
         runtime=scaled("runtime", 2),
         gpu=1,
-    retries: config["resources"]["retries"]
-    conda:
-        "../../envs/tensorflow.yaml"
     params:
-        python=python_for("main"),
+        snakescope=snakescope_for("main"),
     shell:
         RUN
 
@@ -91,16 +93,16 @@ rule segment_part:
     wildcard_constraints:
         sample=r"[A-Za-z0-9][A-Za-z0-9_.-]*",
         part=r"\d+",
+    retries: config["resources"]["retries"]
+    conda:
+        "../../envs/tensorflow.yaml"
     threads: config["resources"]["threads"]
     resources:
         mem_mb=scaled("mem_mb", 2),
         runtime=scaled("runtime", 2),
         gpu=1,
-    retries: config["resources"]["retries"]
-    conda:
-        "../../envs/tensorflow.yaml"
     params:
-        python=python_for("main"),
+        snakescope=snakescope_for("main"),
     shell:
         RUN
 
@@ -116,14 +118,14 @@ rule finish:
         "logs/jobs/finish-{batch}.log",
     benchmark:
         "benchmarks/finish-{batch}.tsv"
+    retries: config["resources"]["retries"]
+    conda:
+        "../../envs/imaging.yaml"
     threads: config["resources"]["threads"]
     resources:
         mem_mb=scaled("mem_mb", 2),
         runtime=scaled("runtime"),
-    retries: config["resources"]["retries"]
-    conda:
-        "../../envs/imaging.yaml"
     params:
-        python=python_for("main"),
+        snakescope=snakescope_for("main"),
     shell:
         RUN

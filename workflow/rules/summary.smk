@@ -15,9 +15,9 @@ rule gather_metrics:
     conda:
         "../../envs/imaging.yaml"
     params:
-        python=python_for("main"),
+        snakescope=snakescope_for("main"),
     shell:
-        "{params.python} " + ENTRY + " gather {wildcards.kind} --out {output:q} --manifests {input:q}"
+        "{params.snakescope} gather {wildcards.kind} --out {output:q} --manifests {input:q}"
         " > {log:q} 2>&1"
 
 
@@ -46,9 +46,9 @@ rule gather_pixel_classes:
     conda:
         "../../envs/imaging.yaml"
     params:
-        python=python_for("main"),
+        snakescope=snakescope_for("main"),
     shell:
-        "{params.python} " + ENTRY + " gather pixel_classes --out {output.confusion:q}"
+        "{params.snakescope} gather pixel_classes --out {output.confusion:q}"
         " {output.scores:q} {output.plot:q} --manifests {input:q} > {log:q} 2>&1"
 
 
@@ -65,10 +65,11 @@ rule summary:
     conda:
         "../../envs/imaging.yaml"
     params:
-        python=python_for("main"),
+        snakescope=snakescope_for("main"),
     shell:
-        "{params.python} " + ENTRY + " summary --out {output.summary:q} --failures {output.failures:q}"
-        " --models {input.models:q} --metrics {input.metrics:q} --manifests {input.manifests:q} > {log:q} 2>&1"
+        "{params.snakescope} summary --out {output.summary:q} --failures {output.failures:q}"
+        " --models {input.models:q} --metrics {input.metrics:q}"
+        " --manifests {input.manifests:q} > {log:q} 2>&1"
 
 
 # The run ends with an error listing every failed sample (results/failed_samples.tsv)
@@ -84,6 +85,6 @@ rule check_samples:
     conda:
         "../../envs/imaging.yaml"
     params:
-        python=python_for("main"),
+        snakescope=snakescope_for("main"),
     shell:
-        "{params.python} " + ENTRY + " check {input:q} > {log:q} 2>&1"
+        "{params.snakescope} check {input:q} > {log:q} 2>&1"

@@ -19,16 +19,18 @@ rule train_restoration:
         "benchmarks/train_restoration-{model}.tsv"
     wildcard_constraints:
         model=r"(n2v|care)_[23]d",
+    retries: config["resources"]["retries"]
+    conda:
+        f"../../envs/{'n2v' if config['restoration']['method'] == 'n2v' else 'tensorflow'}.yaml"
     threads: config["resources"]["threads"]
     resources:
         mem_mb=scaled("mem_mb", 4),
         runtime=scaled("runtime", 8),
         gpu=1,
-    retries: config["resources"]["retries"]
-    conda:
-        f"../../envs/{'n2v' if config['restoration']['method'] == 'n2v' else 'tensorflow'}.yaml"
     params:
-        python=python_for("n2v" if config["restoration"]["method"] == "n2v" else "main"),
+        snakescope=snakescope_for(
+            "n2v" if config["restoration"]["method"] == "n2v" else "main"
+        ),
     shell:
         RUN
 
@@ -52,16 +54,16 @@ rule train_segmentation:
         "benchmarks/train_segmentation-{model}.tsv"
     wildcard_constraints:
         model=r"(stardist|unet)_[23]d",
+    retries: config["resources"]["retries"]
+    conda:
+        "../../envs/tensorflow.yaml"
     threads: config["resources"]["threads"]
     resources:
         mem_mb=scaled("mem_mb", 4),
         runtime=scaled("runtime", 8),
         gpu=1,
-    retries: config["resources"]["retries"]
-    conda:
-        "../../envs/tensorflow.yaml"
     params:
-        python=python_for("main"),
+        snakescope=snakescope_for("main"),
     shell:
         RUN
 
@@ -91,15 +93,15 @@ rule train_classifier:
         "benchmarks/train_classifier-{model}.tsv"
     wildcard_constraints:
         model=r"classifier_[23]d",
+    retries: config["resources"]["retries"]
+    conda:
+        "../../envs/tensorflow.yaml"
     threads: config["resources"]["threads"]
     resources:
         mem_mb=scaled("mem_mb", 4),
         runtime=scaled("runtime", 4),
         gpu=1,
-    retries: config["resources"]["retries"]
-    conda:
-        "../../envs/tensorflow.yaml"
     params:
-        python=python_for("main"),
+        snakescope=snakescope_for("main"),
     shell:
         RUN

@@ -63,10 +63,11 @@ def _finite(value):
     return value
 
 
-def write_json(path: str | Path, data) -> None:
-    """Write strict JSON atomically (sorted keys so identical data gives identical bytes)."""
+def write_json(path: str | Path, data, *, sort_keys: bool = True) -> None:
+    """Write strict JSON atomically (sorted keys, so identical data gives identical bytes;
+    ``sort_keys=False`` where the order means something, e.g. samples in sheet order)."""
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(_finite(data), indent=2, sort_keys=True, default=str, allow_nan=False) + "\n")
+        tmp.write_text(json.dumps(_finite(data), indent=2, sort_keys=sort_keys, default=str, allow_nan=False) + "\n")
 
 
 def write_text(path: str | Path, text: str) -> None:

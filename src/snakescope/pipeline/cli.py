@@ -2,7 +2,7 @@
 
 Commands:
 
-* ``run PLAN [--out MANIFEST] [--threads N]``: the job a plan file describes (a stage
+* ``run PLAN [--threads N]``: the job a plan file describes (a stage
   batch, a training, a scatter part);
 * ``gather KIND --out CSV --manifests MANIFEST...``: per-sample metrics of one kind, per sample and summed;
 * ``summary --out MD --failures TSV --manifests MANIFEST...``: what the run produced, how long each stage
@@ -30,7 +30,6 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run the job of a plan file")
     run.add_argument("plan")
-    run.add_argument("--out", help="the stage's manifest (default: from the plan)")
     run.add_argument("--threads", type=int, default=1)
     gather = sub.add_parser("gather", help="gather per-sample metrics")
     gather.add_argument("kind", choices=["restoration", "segmentation", "classification", "tracking", "pixel_classes"])
@@ -65,7 +64,7 @@ def main(argv=None) -> None:
         if args.command == "run":
             from snakescope.pipeline.runner import run_task
 
-            run_task(args.plan, args.threads, args.out)
+            run_task(args.plan, args.threads)
         elif args.command == "gather":
             from snakescope.pipeline.gather import gather_metrics
 

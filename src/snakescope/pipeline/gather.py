@@ -36,6 +36,11 @@ def gather_metrics(kind: str, manifests, out: str, *class_outputs: str) -> pd.Da
     ``pixel_classes`` (U-Net): the confusion counts added up (``out``), then scored
     (``class_outputs``: the scores CSV and the plot)."""
     outputs = evaluated_outputs(manifests, STEP_OF[kind])
+    if not outputs:  # every sample to evaluate failed (the summary says why): an empty table
+        for path in (out, *class_outputs):
+            with atomic_path(path) as tmp:
+                Path(tmp).write_text("sample\n" if str(path).endswith(".csv") else "")
+        return None
     if kind == "pixel_classes":
         from snakescope.evaluation.classes import read_confusion, write_class_scores
         from snakescope.segmentation.unet import CLASS_NAMES

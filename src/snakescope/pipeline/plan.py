@@ -265,9 +265,18 @@ class Plan:
         for job in self._training_jobs() + self._part_jobs():
             jobs[job.name] = job
         for job in jobs.values():
-            job.digest = digest_of({"task": job.task, "upstream": [jobs[u].digest for u in job.task.get("upstream", [])
-                                                                   if u in jobs]})
+            recipe = {**job.task, "config": self._recipe(job)}
+            job.digest = digest_of({"task": recipe, "upstream": [jobs[u].digest for u in job.task.get("upstream", [])
+                                                                 if u in jobs]})
         return jobs
+
+    def _recipe(self, job: Job) -> dict:
+        """The config a job's results depend on (its digest): for segmentation, only the
+        prediction keys; the training keys reach it through the model folder, an input."""
+        config = job.task["config"]
+        if job.rule in ("segment", "segment_part"):
+            return {k: config["segmentation"][k] for k in SEGMENTATION_PREDICTION_KEYS}
+        return config
 
     def job(self, name: str) -> Job:
         return self.jobs[name]
@@ -275,11 +284,13 @@ class Plan:
     def stage_jobs(self, stage: str) -> list[Job]:
         return [self.jobs[f"{stage}-{b.id}"] for b in self.stage_batches(stage)]
 
-    def write_task(self, name: str, path: str | Path) -> None:
-        from snakescope.io.atomic import write_json
+    def write_task(self, name: str, path: str | Path, log: str | Path | None = None) -> None:
+        from snakescope.io.atomic import write_json, write_text
 
         job = self.jobs[name]
-        write_json(path, {**job.task, "digest": job.digest})
+        write_json(path, {**job.task, "digest": job.digest}, sort_keys=False)
+        if log:
+            write_text(log, f"{name}: task {job.digest} written to {path}\n")
 
     # ---- per-stage sample work -----------------------------------------------------------
 
@@ -291,10 +302,11 @@ class Plan:
         work = [builder(sid) for sid in batch.samples]
         upstream = [f"{s}-{batch.id}" for s in STAGES[:STAGES.index(stage)] if f"{s}-{batch.id}" in jobs]
         task = {"kind": "stage", "stage": stage, "batch": batch.id, "job": f"{stage}-{batch.id}",
+                "manifest": manifest_path(stage, batch.id),
                 "config": self._stage_config(stage), "upstream": upstream,
                 "upstream_manifests": {u.split("-")[0]: manifest_path(u.split("-")[0], batch.id) for u in upstream},
                 "samples": work}
-        inputs = sorted({f for w in work for spec in w["steps"].values() for f in self.external_files(spec)}
+        inputs = sorted({f for w in work for spec in w["steps"] for f in self.external_files(spec)}
                         | {p for sid in batch.samples for p in (self.scatter_parts(sid) if stage == "segment" else [])})
         return Job(name=task["job"], rule=stage, task=task, inputs=inputs,
                    after=[manifest_path(u.split("-")[0], batch.id) for u in upstream],
@@ -307,12 +319,12 @@ class Plan:
         if stage == "restore":
             return self._config_sections("ingest", "restoration")
         if stage == "segment":
-            return {"segmentation": {k: getattr(c.segmentation, k) for k in SEGMENTATION_PREDICTION_KEYS}}
+            return self._config_sections("segmentation")
         return {k: v for k, v in c.to_dict().items() if k not in NOT_RESULTS}  # provenance records it
 
     def _work(self, sid: str, steps: dict) -> dict:
         return {"sample": sid, "row": self._rows[sid], "ndim": self._ndim[sid],
-                "steps": {name: spec for name, spec in steps.items() if spec is not None}}
+                "steps": [{"step": name, **spec} for name, spec in steps.items()]}  # a list: run in order
 
     def _prepare_work(self, sid: str) -> dict:
         s = self.samples[sid]

@@ -56,12 +56,12 @@ class JobError(Exception):
 
 @dataclass
 class SampleWork:
-    """One sample's part of a stage job: its sheet row, dimensionality and steps."""
+    """One sample's part of a stage job: its sheet row, dimensionality and steps (in order)."""
 
     sample: str
     row: dict
     ndim: int
-    steps: dict
+    steps: list
 
     @property
     def channel(self) -> int:
@@ -177,7 +177,8 @@ def run_sample(stage: str, work: SampleWork, context: Context, steps_registry) -
     """Run (or skip) one sample's steps; return its manifest entry."""
     entry = {"status": "ok", "steps": {}}
     with _sample_log(stage, work.sample):
-        for name, spec in work.steps.items():
+        for spec in work.steps:
+            name = spec["step"]
             step = steps_registry[name]
             stamp = stamp_of(name, spec, step.settings_of(context.config), work.row)
             if _done(work.sample, name, spec, stamp):
@@ -236,7 +237,7 @@ def run_stage(task: dict, out: str, threads: int) -> dict:
         samples[work.sample] = run_sample(task["stage"], work, context, STEPS)
     manifest = {"stage": task["stage"], "batch": task["batch"], "digest": task.get("digest"),
                 "seconds": round(time.perf_counter() - start, 2), "samples": samples}
-    write_json(out, manifest)
+    write_json(out, manifest, sort_keys=False)
     counts = {s: sum(1 for e in samples.values() if e["status"] == s) for s in ("ok", "failed", "skipped")}
     ran = sum(1 for e in samples.values() for st in e["steps"].values() if st.get("ran"))
     log.info("%s %s: %d ok, %d failed, %d skipped; %d steps run in %.1f s", task["stage"], task["batch"],
@@ -247,16 +248,14 @@ def run_stage(task: dict, out: str, threads: int) -> dict:
     return manifest
 
 
-def run_task(plan: str | Path, threads: int = 1, out: str | None = None) -> None:
+def run_task(plan: str | Path, threads: int = 1) -> None:
     """Run the job described by a plan file."""
     from snakescope.pipeline import stages
 
     task = json.loads(Path(plan).read_text())
     kind = task["kind"]
     if kind == "stage":
-        from snakescope.pipeline.plan import manifest_path
-
-        run_stage(task, out or manifest_path(task["stage"], task["batch"]), threads)
+        run_stage(task, task["manifest"], threads)
     elif kind == "train":
         stages.train(task, Context(task, threads))
     elif kind == "part":

@@ -66,7 +66,33 @@ def train_model(task: dict, ctx) -> None:
 
 
 def _train_segmentation(task: dict, ctx) -> None:
-    raise NotImplementedError
+    """StarDist or the U-Net from the labelled samples; the split is saved once and reused."""
+    from snakescope.segmentation.training_data import TrainingSource, load_pairs
+    from snakescope.settings import StarDistTraining, UNetTraining
+    from snakescope.training.splits import make_or_load_split
+
+    learner, seg = task["learner"], task["config"]["segmentation"]
+    used = []
+
+    def pairs_of(source: dict) -> dict:
+        _existing_image(source)
+        pairs = load_pairs(TrainingSource(source["sample"], source["image"], source["labels"], source["channel"]))
+        used.append(source)
+        return pairs
+
+    loaded, problems = usable_sources(task, pairs_of)
+    pairs = {key: pair for part in loaded for key, pair in part.items()}
+    split = make_or_load_split(pairs, task["split"], seg["validation_fraction"], task["seed"])
+    out = task["outputs"]["model"]
+    if learner == "stardist":
+        from snakescope.segmentation.stardist import train_stardist
+
+        train_stardist(pairs, out, StarDistTraining.from_dict(seg["stardist"]), split=split, seed=task["seed"])
+    else:
+        from snakescope.segmentation.unet import train_unet
+
+        train_unet(pairs, out, UNetTraining.from_dict(seg["unet"]), split=split, seed=task["seed"])
+    _record_data(out, used, problems)
 
 
 def _record_data(model_dir: str, sources: list[dict], problems: list[str]) -> None:

@@ -189,7 +189,7 @@ def _schedule_callback(schedule: Schedule, total_steps: int, deadline: float | N
                 self.model.stop_training = self.hit_deadline = True
 
         def on_epoch_end(self, epoch, logs=None):
-            if logs is not None:
+            if logs is not None and "learning_rate" not in logs:  # Keras 3 logs it already
                 lr = self.model.optimizer.learning_rate
                 logs["lr"] = float(np.asarray(lr.numpy() if hasattr(lr, "numpy") else lr))
 
