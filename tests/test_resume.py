@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import signal
 import subprocess
@@ -17,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 
 from conftest import make_small_project, run_ok, snakemake_cmd
 
@@ -74,7 +76,7 @@ def fingerprint(wd: Path) -> dict[str, str]:
 def reference(full_run):
     """An uninterrupted run: the outputs every resumed run must reproduce."""
     prints = fingerprint(full_run)
-    assert any("tracks" in k for k in prints) and any("labels.ome.zarr" in k for k in prints)
+    assert any("tracks" in k for k in prints) and any("image.ome.zarr/labels" in k for k in prints)
     return prints
 
 
@@ -87,20 +89,48 @@ def test_interrupted_during_zarr_write(tmp_path, reference, sig):
     wd = make_small_project(tmp_path)
     interrupt_when(wd, partial_exists(wd, "results/big/image.ome.zarr.partial-*"), sig)
     assert not (wd / "results/big/image.ome.zarr").exists(), "an interrupted write must not look complete"
+    # mid-batch: the sample before "big" in the batch was finished and stamped
+    assert (wd / "results/cells/.snakescope/ingest.stamp").exists()
     if sig == signal.SIGKILL:
         # SIGKILL gives Snakemake no chance to release its lock: unlock, then the same command
         run_ok(wd, "--unlock")
     run_ok(wd)
     assert fingerprint(wd) == reference
+    # the rerun redid the interrupted sample only, not the one its batch had finished
+    prepare = json.loads((wd / "results/jobs/prepare-b0000.done.json").read_text())["samples"]
+    assert prepare["cells"]["steps"]["ingest"]["ran"] is False and prepare["big"]["steps"]["ingest"]["ran"] is True
+
+
+def test_batch_and_single_sample_jobs_give_identical_outputs(tmp_path, reference):
+    """The same project with one sample per batch job: every array and table as in batches."""
+    wd = make_small_project(tmp_path)
+    config = yaml.safe_load((wd / "config" / "config.yaml").read_text())
+    config["batching"] = {"max_samples": 1}
+    (wd / "config" / "config.yaml").write_text(yaml.safe_dump(config))
+    run_ok(wd)
+    assert len(list((wd / "results/jobs").glob("prepare-*.done.json"))) == 2
+    assert fingerprint(wd) == reference
+
+
+def test_outputs_open_in_other_tools(full_run):
+    """Every OME-Zarr the run wrote validates (ome-zarr-models) and opens in napari-ome-zarr
+    and bioio, labels included; the CTC result folder evaluates in py-ctcmetrics."""
+    from interop import assert_ngff_readable
+
+    report = assert_ngff_readable(full_run / "results")
+    kinds = {Path(p).name: r["kind"] for p, r in report.items()}
+    assert kinds["labels"] == "labels" and kinds["segmentation"] == "label"
+    layers = report[str(full_run / "results/cells/image.ome.zarr")]["napari"]
+    assert [kind for kind, _ in layers] == ["image", "labels"]  # napari shows the labels over the image
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["SIGINT", "SIGKILL"])
 def test_interrupted_during_training(tmp_path, reference, sig):
     wd = make_small_project(tmp_path)
-    interrupt_when(wd, partial_exists(wd, "results/models/stardist_2d.partial-*/history.csv"), sig)
+    interrupt_when(wd, partial_exists(wd, "results/models/stardist_2d.partial-*/training.csv"), sig)
     # Snakemake creates the model folder's parent for the curve output; what must not
-    # exist is a model that looks complete (training.json is written last, then renamed).
-    assert not (wd / "results/models/stardist_2d/training.json").exists()
+    # exist is a model that looks complete (the folder is renamed into place when done).
+    assert not (wd / "results/models/stardist_2d").exists()
     if sig == signal.SIGKILL:
         run_ok(wd, "--unlock")
     run_ok(wd)
