@@ -45,20 +45,25 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic
 
 
 def test_report_renders_with_figures(full_run, tmp_path):
+    """results/report.html: what was run and the key figures first, models with curves,
+    metrics as tables, each sample's QC figures and provenance; renders in Chromium."""
     browser = chromium()
-    report = full_run / "report.html"
-    run_ok(full_run, "--report", str(report))
+    report = full_run / "results" / "report.html"
     assert report.exists() and report.stat().st_size > 10_000
     profile = tmp_path / "chrome-profile"
     dom = subprocess.run([browser, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--dump-dom", report.as_uri()],
                          capture_output=True, text=True, timeout=180)
     assert dom.returncode == 0, dom.stderr[-2000:]
     html = dom.stdout
-    # the rendered page lists the report's categories and result files, with captions
-    for expected in ("Segmentation", "Training", "Tracking", "Provenance", "Metrics",
-                     "segmentation.png", "stardist_2d_training.png", "classifier_2d_confusion.png", "tracks.png",
-                     "provenance.json"):
+    first_screen = html[:html.index("Time per stage")]
+    for expected in ("2 samples went through", "segmentation with StarDist", "tracking with divisions",
+                     "Key figures", "instances at IoU 0.5", "TRA"):
+        assert expected in first_screen, f"{expected!r} missing from the report's first part"
+    for expected in ("results/models/stardist_2d/training.png", "held-out confusion matrix",
+                     "results/metrics/segmentation.csv", "qc/segmentation.png", "qc/tracks.png", "provenance",
+                     "<table"):
         assert expected in html, f"{expected!r} missing from the rendered report"
+    assert html.count("data:image/png;base64,") >= 5  # figures are embedded: the file stands alone
     shot = tmp_path / "report.png"
     subprocess.run([browser, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--window-size=1400,1000",
                     f"--screenshot={shot}", report.as_uri()], capture_output=True, text=True, timeout=180)
@@ -67,3 +72,12 @@ def test_report_renders_with_figures(full_run, tmp_path):
     pixels = imread(shot)
     assert pixels.shape[0] >= 900 and pixels.std() > 10, "the screenshot is blank"
     assert np.unique(pixels.reshape(-1, pixels.shape[-1]), axis=0).shape[0] > 50
+
+
+def test_snakemake_report_holds_models_and_metrics(full_run, tmp_path):
+    """`snakemake --report` still works: training curves, gathered metrics and our report."""
+    report = tmp_path / "snakemake_report.html"
+    run_ok(full_run, "--report", str(report))
+    text = report.read_text()
+    for expected in ("stardist_2d_training.png", "classifier_2d_confusion.png", "segmentation.csv", "report.html"):
+        assert expected in text, expected

@@ -60,12 +60,15 @@ def test_care_in_the_dag_trains_restores_and_scores(care_project):
     out = proc.stdout + proc.stderr
     # the mismatched target fails its own sample, naming it and both shapes; the rest goes on
     assert proc.returncode != 0
-    log = (wd / "logs" / "prepare_target" / "mismatched.log").read_text()
+    log = (wd / "logs" / "prepare" / "mismatched.log").read_text()
     assert re.search(r"clean_cropped\.tif.*sample mismatched.*'x': 100.*'x': 128", log), log
+    failed = json.loads((wd / "results/jobs/prepare-b0000.done.json").read_text())["samples"]["mismatched"]
+    assert failed["status"] == "failed" and failed["step"] == "target"
     assert not (wd / "results" / "mismatched" / "target.ome.zarr").exists()
     assert not list((wd / "results" / "mismatched").glob("*.partial-*"))
     model = wd / "results" / "models" / "care_2d"
-    assert {"config.json", "weights_best.h5", "weights_last.h5", "training.csv"} <= {p.name for p in model.iterdir()}, out[-3000:]
+    assert {"config.json", "weights_best.h5", "weights_last.h5", "training.csv", "snakescope.json"} <= {
+        p.name for p in model.iterdir()}, out[-3000:]
     assert (wd / "results" / "models" / "care_2d_training.png").stat().st_size > 1000
     history = pd.read_csv(model / "training.csv")
     assert len(history) == 4 and {"loss", "val_loss"} <= set(history.columns)
@@ -77,8 +80,9 @@ def test_care_in_the_dag_trains_restores_and_scores(care_project):
     # a sample that did not train the model: CARE must beat the noisy input
     assert metrics.loc[0, "psnr_restored_affine"] > metrics.loc[0, "psnr_input_affine"] + 3, metrics.T
     assert metrics.loc[0, "ssim_restored"] > metrics.loc[0, "ssim_input"], metrics.T
-    # the gather rule waits for every sample with a target, so a failed one leaves it unmade
-    assert not (wd / "results" / "metrics" / "restoration.csv").exists()
+    # the failed sample does not hold back the others' gathered metrics
+    table = pd.read_csv(wd / "results" / "metrics" / "restoration.csv")
+    assert list(table["sample"]) == ["pair", "heldout", "ALL"]
 
 
 @pytest.fixture
@@ -104,23 +108,28 @@ def n2v_project(tmp_path):
 @pytest.mark.skipif(not N2V_PYTHON.exists(), reason="the n2v environment (.venv/n2v) is not set up: run make setup")
 def test_n2v_in_the_dag_feeds_segmentation(n2v_project):
     wd, timelapse = n2v_project
-    # the plan: segmentation (training and prediction) reads the restored image
+    # N2V trains and predicts in the n2v environment
     plan = run_snakemake(wd, "--cores", "2", "--dry-run", "--printshellcmds").stdout
-    assert re.search(r"segment\.py --model \S+ --image results/cells/restored\.ome\.zarr", plan), plan[-3000:]
-    assert re.search(r'train_stardist\.py --sources .*"image": "results/cells/restored\.ome\.zarr"', plan)
-    assert re.search(r"\.venv/n2v/bin/python \S+/scripts/train_restoration\.py --method n2v --ndim 2", plan)
-    targets = ["results/cells/labels.ome.zarr", "results/metrics/restoration.csv", "results/cells/qc/restoration.png",
-               "results/blobs/qc/restoration.png"]
-    run_snakemake(wd, "--cores", "2", *targets, timeout=1500)
-    # the report holds the before/after figures and both training curves
-    run_snakemake(wd, "--report", str(wd / "report.html"), *targets)
+    for rule in ("train_restoration", "restore"):
+        block = plan[plan.index(f"rule {rule}:"):]
+        assert re.search(r"\.venv/n2v/bin/python \S+/scripts/snakescope\.py run", block.split("\n\n")[0]), block[:800]
+    run_snakemake(wd, "--cores", "2", timeout=1500)
+    # segmentation (training and prediction) read the restored image
+    segment = json.loads((wd / "results/jobs/segment-b0000.plan.json").read_text())
+    cells = next(w for w in segment["samples"] if w["sample"] == "cells")
+    assert cells["steps"][0]["inputs"]["image"] == "results/cells/restored.ome.zarr"
+    training = json.loads((wd / "results/jobs/train_segmentation-stardist_2d.plan.json").read_text())
+    assert [s["image"] for s in training["sources"]] == ["results/cells/restored.ome.zarr"]
+    # the report holds both training curves
+    run_snakemake(wd, "--report", str(wd / "report.html"))
     html = (wd / "report.html").read_text()
-    for name in ("Restoration", "restoration.png", "n2v_2d_training.png", "stardist_2d_training.png"):
+    for name in ("n2v_2d_training.png", "stardist_2d_training.png", "restoration.csv"):
         assert name in html, name
+    assert (wd / "results/cells/qc/restoration.png").stat().st_size > 1000
     model = wd / "results" / "models" / "n2v_2d"
     meta = json.loads((model / "snakescope.json").read_text())
     assert meta["kind"] == "n2v" and meta["versions"]["keras"].startswith("2.15") and "n2v" in meta["versions"]
-    assert sorted(meta["images"]) == ["blobs", "cells"]  # both 2D samples fed the self-supervised training
+    assert meta["training_samples"] == ["cells", "blobs"]  # both 2D samples fed the self-supervised training
     normalized = ngff.read_image(wd / "results" / "cells" / "normalized.ome.zarr")
     restored = ngff.read_image(wd / "results" / "cells" / "restored.ome.zarr")
     assert restored.axes == normalized.axes == "tcyx" and restored.shape == normalized.shape
@@ -133,4 +142,4 @@ def test_n2v_in_the_dag_feeds_segmentation(n2v_project):
     assert np.isfinite(table.loc[0, ["psnr_input", "psnr_restored", "ssim_restored"]].astype(float)).all()
     from snakescope.io.labels import read_labels_image
 
-    assert read_labels_image(wd / "results" / "cells" / "labels.ome.zarr").shape[0] == timelapse.n_frames
+    assert read_labels_image(wd / "results" / "cells" / "image.ome.zarr" / "labels").shape[0] == timelapse.n_frames

@@ -38,7 +38,7 @@ def unet_run(tmp_path_factory):
                   classification={"enabled": False}, tracking={"enabled": False},
                   resources={"threads": 1, "retries": 0})
     (wd / "config" / "config.yaml").write_text(yaml.safe_dump(config))
-    run_snakemake(wd, "--cores", "2", "results/metrics/segmentation.csv")
+    run_snakemake(wd, "--cores", "2")
     return wd, {"cells": cells["labels"], "still": wd / "data" / "still_labels.tif"}
 
 
@@ -57,8 +57,8 @@ def test_per_sample_and_summed_class_outputs(unet_run):
             assert (folder / name).stat().st_size > 0, name
         counts = read_counts(folder / "class_confusion.csv")
         # recomputed here: every frame's true classes (training targets) against the stored class map
-        truth = tifffile.imread(truth_file).reshape(read_labels_image(folder / "labels.ome.zarr").shape)
-        classes = read_class_map(folder / "labels.ome.zarr").data[...]
+        truth = tifffile.imread(truth_file).reshape(read_labels_image(folder / "image.ome.zarr/labels").shape)
+        classes = read_class_map(folder / "image.ome.zarr/labels").data[...]
         assert classes.dtype == np.uint8 and classes.shape == truth.shape
         frames = [(truth, classes)] if truth.ndim == 2 else list(zip(truth, classes))
         expected = np.zeros((3, 3), np.int64)
@@ -96,5 +96,5 @@ def test_per_sample_and_summed_class_outputs(unet_run):
 def test_unet_run_is_complete(unet_run):
     """A second run of the same target has nothing to do."""
     wd, _ = unet_run
-    dry = run_snakemake(wd, "--cores", "1", "--dry-run", "results/metrics/segmentation.csv")
+    dry = run_snakemake(wd, "--cores", "1", "--dry-run")
     assert "Nothing to be done" in dry.stdout + dry.stderr

@@ -54,22 +54,25 @@ rule gather_pixel_classes:
 
 rule summary:
     input:
-        manifests=PLAN.all_manifests(),
-        models=PLAN.models(),
-        metrics=PLAN.gathered_outputs(),
+        task=plan_path("summary-all"),
+        results=PLAN.job("summary-all").after,
     output:
         summary="results/summary.md",
         failures="results/failed_samples.tsv",
+        report=report(
+            "results/report.html",
+            caption="../report/report.rst",
+            category="Summary",
+        ),
     log:
         "logs/jobs/summary.log",
     conda:
         "../../envs/imaging.yaml"
+    threads: 1
     params:
         snakescope=snakescope_for("main"),
     shell:
-        "{params.snakescope} summary --out {output.summary:q} --failures {output.failures:q}"
-        " --models {input.models:q} --metrics {input.metrics:q}"
-        " --manifests {input.manifests:q} > {log:q} 2>&1"
+        RUN
 
 
 # The run ends with an error listing every failed sample (results/failed_samples.tsv)

@@ -3,10 +3,8 @@
 Commands:
 
 * ``run PLAN [--threads N]``: the job a plan file describes (a stage
-  batch, a training, a scatter part);
+  batch, a training, a scatter part, the summary and report);
 * ``gather KIND --out CSV --manifests MANIFEST...``: per-sample metrics of one kind, per sample and summed;
-* ``summary --out MD --failures TSV --manifests MANIFEST...``: what the run produced, how long each stage
-  took, and every failed sample with its reason;
 * ``check FAILURES``: ends with an error listing the failed samples, if there are any.
 
 Rules call it with the interpreter of their environment (a local venv, or ``python``
@@ -36,12 +34,6 @@ def _parser() -> argparse.ArgumentParser:
     gather.add_argument("--out", nargs="+", required=True,
                         help="the table; for pixel_classes the summed confusion (CSV), the scores (CSV) and the plot")
     gather.add_argument("--manifests", nargs="+", required=True, help="the finish stage's manifests")
-    summary = sub.add_parser("summary", help="write the run's summary")
-    summary.add_argument("--out", required=True)
-    summary.add_argument("--failures", required=True)
-    summary.add_argument("--models", nargs="*", default=[])
-    summary.add_argument("--metrics", nargs="*", default=[])
-    summary.add_argument("--manifests", nargs="*", default=[])
     check = sub.add_parser("check", help="fail when samples failed")
     check.add_argument("failures")
     return p
@@ -69,10 +61,6 @@ def main(argv=None) -> None:
             from snakescope.pipeline.gather import gather_metrics
 
             gather_metrics(args.kind, args.manifests, *args.out)
-        elif args.command == "summary":
-            from snakescope.report.summary import write_summary
-
-            write_summary(args.manifests, args.models, args.metrics, args.out, args.failures)
         else:
             from snakescope.report.summary import check_failures
 

@@ -264,6 +264,7 @@ class Plan:
                 jobs[job.name] = job
         for job in self._training_jobs() + self._part_jobs():
             jobs[job.name] = job
+        jobs["summary-all"] = self._summary_job(jobs)
         for job in jobs.values():
             recipe = {**job.task, "config": self._recipe(job)}
             job.digest = digest_of({"task": recipe, "upstream": [jobs[u].digest for u in job.task.get("upstream", [])
@@ -524,6 +525,17 @@ class Plan:
             outputs += [f"{RESULTS}/metrics/{n}" for n in ("class_confusion.csv", "class_metrics.csv",
                                                            "class_confusion.png")]
         return outputs
+
+    def _summary_job(self, jobs: dict) -> Job:
+        """The summary, failure list and report over every job's results."""
+        manifests = [j.outputs[0] for j in jobs.values() if j.task["kind"] == "stage"]
+        models = [j.outputs[0] for j in jobs.values() if j.task["kind"] == "train"]
+        outputs = {"summary": f"{RESULTS}/summary.md", "failures": f"{RESULTS}/failed_samples.tsv",
+                   "report": f"{RESULTS}/report.html"}
+        task = {"kind": "summary", "job": "summary-all", "config": self._stage_config("finish"),
+                "manifests": manifests, "models": models, "metrics": self.gathered_outputs(), "outputs": outputs}
+        return Job("summary-all", "summary", task, after=manifests + models + self.gathered_outputs(),
+                   outputs=list(outputs.values()))
 
     def all_manifests(self) -> list[str]:
         return [j.outputs[0] for j in self.jobs.values() if j.task["kind"] == "stage"]

@@ -260,5 +260,9 @@ def run_task(plan: str | Path, threads: int = 1) -> None:
         stages.train(task, Context(task, threads))
     elif kind == "part":
         stages.segment_part(task, Context(task, threads))
+    elif kind == "summary":
+        from snakescope.report.summary import write_summary
+
+        write_summary(task)
     else:
         raise JobError(f"{plan}: unknown task kind {kind!r}")

@@ -126,17 +126,27 @@ def track_plot(tracks, out_png, *, title: str = "", summary: dict | None = None,
 
 
 def restoration_before_after(image_path, restored_path, out_png, *, target_path=None, channel: int = 0,
-                             title: str = "", crop: int = 256) -> None:
-    """The middle frame before and after restoration (and the clean target when there is
-    one): whole plane and a centre crop of ``crop`` pixels, each panel with its own 1-99.8
-    percentile contrast, so the noise left and the detail kept can be judged by eye."""
+                             title: str = "", crop: int = 256) -> dict:
+    """The restoration QC page of a sample: the middle frame's input, restored image, clean
+    target (when there is one) and residual (input minus restored), whole and as a centre
+    crop of ``crop`` pixels, with the frame's metrics in the title; returns those metrics.
+
+    Each image panel has its own 1-99.8 percentile contrast. The residual is the input minus
+    the restored image brought to the input's intensity scale (a least-squares affine fit:
+    CARE's output has the target's scale), on a diverging scale around 0: where restoration
+    removed only noise it is featureless grain (denser where the signal is bright, as shot
+    noise is); edges or objects in it are structure that was removed. With a target, the
+    title gives PSNR and SSIM of input and output after an affine fit to the target, for the
+    shown frame (:func:`snakescope.restoration.metrics.restoration_metrics`; the whole-image
+    figures are in ``restoration_metrics.csv``).
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    paths = [("before", image_path), ("restored", restored_path)] + ([("target", target_path)] if target_path else [])
-    planes = []
+    paths = [("input", image_path), ("restored", restored_path)] + ([("target", target_path)] if target_path else [])
+    planes = {}
     for name, path in paths:
         image = ngff.read_image(path)
         spatial_ndim = sum(a in "zyx" for a in image.axes)
@@ -144,17 +154,44 @@ def restoration_before_after(image_path, restored_path, out_png, *, target_path=
         use = channel if "c" in image.axes else 0
         all_frames = list(frames(image.axes, image.shape, use))
         t, index = all_frames[len(all_frames) // 2]
-        planes.append((name, _middle_plane(image.data, index, spatial_ndim).astype(np.float32), t, spatial_ndim))
-    n_rows = 2 if max(planes[0][1].shape) > crop else 1  # a crop of a small image would repeat it
-    fig, axes = plt.subplots(n_rows, len(planes), figsize=(4.0 * len(planes), 4.1 * n_rows), squeeze=False)
-    for col, (name, plane, t, spatial_ndim) in enumerate(planes):
-        h, w = plane.shape
-        cy, cx = max(0, h // 2 - crop // 2), max(0, w // 2 - crop // 2)
+        planes[name] = _middle_plane(image.data, index, spatial_ndim).astype(np.float32)
+    where = (f"t={t}" if t is not None else "image") + (", middle z" if spatial_ndim == 3 else "")
+    residual = planes["input"] - _fit_to(planes["restored"], planes["input"])
+    metrics = {}
+    lines = [f"{title}: {where}" if title else where]
+    if "target" in planes:
+        from snakescope.restoration.metrics import restoration_metrics
+
+        m = restoration_metrics(planes["input"], planes["restored"], planes["target"])
+        metrics.update({k: m[k] for k in ("psnr_input_affine", "psnr_restored_affine", "ssim_input_affine",
+                                          "ssim_restored_affine")})
+        lines.append(f"against the target (affine fit): PSNR {m['psnr_input_affine']:.2f} -> "
+                     f"{m['psnr_restored_affine']:.2f} dB, SSIM {m['ssim_input_affine']:.3f} -> "
+                     f"{m['ssim_restored_affine']:.3f}")
+    panels = list(planes.items()) + [("residual (input - restored)", residual)]
+    n_rows = 2 if max(residual.shape) > crop else 1  # a crop of a small image would repeat it
+    fig, axes = plt.subplots(n_rows, len(panels), figsize=(3.8 * len(panels), 4.0 * n_rows + 0.3 * len(lines)),
+                             squeeze=False)
+    h, w = residual.shape
+    cy, cx = max(0, h // 2 - crop // 2), max(0, w // 2 - crop // 2)
+    for col, (name, plane) in enumerate(panels):
         for row, view in enumerate((plane, plane[cy:cy + crop, cx:cx + crop])[:n_rows]):
             ax = axes[row][col]
-            _show_gray(ax, view, interpolation="nearest")
-            where = f"t={t}" if t is not None else "image"
-            ax.set_title(f"{name} ({where}{', middle z' if spatial_ndim == 3 else ''})" if row == 0 else f"{name}, centre crop",
-                         fontsize=9)
+            if plane is residual:
+                bound = float(np.percentile(np.abs(residual), 99.5)) or 1.0
+                ax.imshow(view, cmap="RdBu_r", vmin=-bound, vmax=bound, interpolation="nearest")
+            else:
+                _show_gray(ax, view, interpolation="nearest")
+            ax.set_title(name if row == 0 else f"{name.split(' ')[0]}, centre crop", fontsize=9)
             ax.axis("off")
-    _save(fig, out_png, title)
+    _save(fig, out_png, "\n".join(lines))
+    return metrics
+
+
+def _fit_to(image: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """``a * image + b`` with a, b the least-squares fit to ``reference``."""
+    x, y = image.astype(np.float64), reference.astype(np.float64)
+    var = float(x.var())
+    slope = float(np.mean((x - x.mean()) * (y - y.mean()))) / var if var > 0 else 0.0
+    return (slope * (x - x.mean()) + y.mean()).astype(np.float32)
+

@@ -1,5 +1,6 @@
-"""The run's summary (``results/summary.md``): what was produced, the key figures, how long
-each stage took, and every sample that failed with its reason.
+"""The run's summary (``results/summary.md``, and the HTML report beside it): what was
+produced, the key figures, how long each stage took, and every sample that failed with its
+reason.
 
 It is built from the stage manifests (each sample's status and outputs), the models'
 metadata and the gathered metrics, so it stays short for a run of 100,000 images: samples
@@ -133,8 +134,12 @@ def _metric_lines(metrics) -> list[str]:
     return lines
 
 
-def write_summary(manifest_paths, models, metrics, out: str, failures_out: str) -> str:
-    manifests = _manifests(manifest_paths)
+def write_summary(task: dict) -> str:
+    """``results/summary.md``, ``results/failed_samples.tsv`` and ``results/report.html``
+    from the summary task (snakescope.pipeline.plan): manifests, models, gathered metrics."""
+    paths = task["outputs"]
+    models, metrics = task["models"], task["metrics"]
+    manifests = _manifests(task["manifests"])
     failures = _failures(manifests)
     status: dict[str, str] = {}
     outputs: dict[str, dict] = defaultdict(dict)
@@ -171,11 +176,15 @@ def write_summary(manifest_paths, models, metrics, out: str, failures_out: str) 
     if len(status) > MAX_LISTED:
         lines.append(f"... and {len(status) - MAX_LISTED} more samples: see `results/jobs/*.done.json`.")
     text = "\n".join(lines) + "\n"
-    write_text(out, text)
+    write_text(paths["summary"], text)
+    from snakescope.report.html import write_report
+
+    write_report(paths["report"], config=task["config"], manifests=manifests, models=models, metrics=metrics,
+                 failures=failures, stage_table=_stage_table(manifests))
     table = pd.DataFrame(failures, columns=["sample", "stage", "step", "reason"])
     from snakescope.io.atomic import atomic_path
 
-    with atomic_path(failures_out) as tmp:
+    with atomic_path(paths["failures"]) as tmp:
         table.to_csv(tmp, sep="\t", index=False)
     print(text)
     return text
