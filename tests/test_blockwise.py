@@ -111,7 +111,8 @@ def test_conv_net_blockwise_equals_whole_image(ndim, pad, pad_mode):
     from snakescope.segmentation.unet import architecture_for, build_keras_model, divisor, receptive_field_radius
 
     keras.utils.set_random_seed(0)
-    arch = architecture_for(ndim, {"n_filter_base": 4, "pool_size": (1, 2, 2) if ndim == 3 else 2})
+    arch = architecture_for(ndim, {**defaults().segmentation.unet.architecture, "n_filter_base": 4,
+                                   "pool_size": (1, 2, 2) if ndim == 3 else 2})
     net = build_keras_model(arch)
     shape = (10, 60, 70) if ndim == 3 else (75, 90)
     image = np.random.default_rng(1).random(shape).astype(np.float32)

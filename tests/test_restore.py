@@ -22,7 +22,7 @@ from snakescope.blockwise.dense import receptive_halo
 from snakescope.errors import InputError
 from snakescope.io import ngff
 from snakescope.restoration import check_model, load_model, predict, restoration_metrics, train_care, train_n2v
-from snakescope.restoration.models import default_block_shape
+from snakescope.restoration.models import default_block_shape, dihedral_mean
 from snakescope.restoration.patches import MANIPULATORS, n2v_mask, sample_patches
 from snakescope.settings import defaults
 
@@ -98,13 +98,19 @@ out["max_abs_diff"] = float(np.abs(blockwise - whole).max())
 out["max_abs"] = float(np.abs(whole).max())
 out["pred_shape"] = list(blockwise.shape)
 out["pred_dtype"] = str(blockwise.dtype)
+# Test-time augmentation, block by block, equals n2v's own whole-image one (same 8 transforms).
+out["predict_tta"] = predict(model, a, root / "pred_tta.ome.zarr", storage=ingest, block_shape={"y": 48, "x": 40}, tta=True)
+whole_tta = np.stack([model.model.predict(noisy[i], "YX", tta=True) for i in range(2)])
+out["max_abs_diff_tta"] = float(np.abs(ngff.read_image(root / "pred_tta.ome.zarr").data[...] - whole_tta).max())
+out["tta_differs"] = float(np.abs(whole_tta - whole[:2]).max())
 
 # 3D: a z stack gives 3D patches and a 3D model.
 vol = (np.load(root / "clean_zyx.npy") + 0.25 * rng.standard_normal((16, 48, 48))).astype(np.float32)
 v = write(root / "v.ome.zarr", vol, "zyx", (8, 32, 32))
 tiny3 = n2v.replace(patch_shape=[16, 16], patch_depth=8, epochs=1, steps_per_epoch=4, batch_size=4, unet_depth=1,
                     unet_n_first=8, n_patches=32)
-out["train3d"] = train_n2v([v], root / "n2v3d", tiny3, seed=1)
+out["train3d"] = train_n2v([v], root / "n2v3d", tiny3, seed=1, struct_mask=[[[1, 1, 1]]])  # structN2V along x
+out["struct3d"] = json.loads((root / "n2v3d" / "config.json").read_text())["structN2Vmask"]
 predict(root / "n2v3d", v, root / "pred3d.ome.zarr", storage=ingest, block_shape={"z": 8, "y": 24, "x": 24})
 model3 = load_model(root / "n2v3d", "n2v")
 whole3 = model3.model.predict(vol, "ZYX")
@@ -283,6 +289,25 @@ def test_n2v_mask_3d_and_neighbourhood():
         assert max(abs(src[0] - z), abs(src[1] - y), abs(src[2] - xx)) == 1
 
 
+def test_structured_blind_spots_hide_the_marked_neighbours():
+    rng = np.random.default_rng(2)
+    x = np.full((3, 24, 24), 7.0, np.float32)  # far outside the struct noise's [-2, 2]
+    row = [[1, 1, 1, 1, 1]]  # along x, two pixels each side
+    inputs, targets = n2v_mask(x, 2.0, "uniform_withoutCP", 2, rng, struct_mask=row)
+    spots = np.argwhere(targets[..., 1] == 1)
+    hidden = np.abs(inputs[..., 0]) <= 2
+    for b, y, xx in spots:
+        for dx in (-2, -1, 1, 2):
+            assert hidden[b, y, min(23, max(0, xx + dx))]
+    assert hidden.sum() <= 4 * len(spots)  # nothing beyond the marked pixels (and their clipped copies)
+    rows = {(b, y) for b, y, _ in spots}
+    assert all((b, y) in rows for b, y, _ in np.argwhere(hidden))  # only along x, in the blind spots' rows
+    plain_inputs, _ = n2v_mask(x, 2.0, "uniform_withoutCP", 2, np.random.default_rng(2))
+    assert not (np.abs(plain_inputs) <= 2).any()  # without struct_mask nothing is hidden
+    with pytest.raises(InputError, match="struct_mask"):
+        n2v_mask(x, 2.0, "uniform_withoutCP", 2, rng, struct_mask=[[1, 1, 1, 1]])  # even size: no centre
+
+
 # ---------------------------------------------------------------------------------------
 # Metrics.
 
@@ -322,6 +347,50 @@ def test_restoration_metrics_affine_fit_matches_least_squares(rng):
     assert m["psnr_restored_affine"] == pytest.approx(10 * np.log10(1 / mse), abs=1e-3)
     assert m["affine_slope_restored"] == pytest.approx(coef[0], rel=1e-6)
     assert m["psnr_gain_affine"] == pytest.approx(m["psnr_restored_affine"] - m["psnr_input_affine"])
+    assert m["ssim_input_affine"] == pytest.approx(1.0, abs=1e-6)  # SSIM after the fit: the pure affine change undone
+    fitted = (a @ coef).reshape(target.shape)
+    from skimage.metrics import structural_similarity
+
+    expected = np.mean([structural_similarity(target[i].astype(float), fitted[i], data_range=1.0) for i in range(3)])
+    assert m["ssim_restored_affine"] == pytest.approx(expected, abs=1e-6)
+
+
+def test_dihedral_mean_averages_the_eight_flips_and_rotations(rng):
+    x = rng.random((2, 8, 12)).astype(np.float32)  # a batch of non-square planes
+    np.testing.assert_allclose(dihedral_mean(lambda b: 2 * b, x), 2 * x, rtol=1e-6)  # equivariant: unchanged
+    # a network that shifts by one pixel along x: each transform shifts along another
+    # direction once brought back, so the mean is the average of the 4 shifts
+    shifted = dihedral_mean(lambda b: np.roll(b, 1, axis=-1), x)
+    expected = sum(np.roll(x, k, axis=ax) for k in (1, -1) for ax in (-1, -2)) / 4
+    np.testing.assert_allclose(shifted, expected, rtol=1e-6)
+
+
+def test_restoration_qc_page_with_residual_and_metrics(tmp_path, rng):
+    from snakescope.report.qc import restoration_before_after
+
+    clean = smooth_image(rng, (3, 80, 96), 3.0)
+    noisy = clean + 0.2 * rng.standard_normal(clean.shape).astype(np.float32)
+    two = np.stack([noisy, np.zeros_like(noisy)], axis=1)  # channel 0 restored
+    restored = 3 * ndimage.gaussian_filter(noisy, (0, 1.5, 1.5)) + 1  # another intensity scale (as CARE's output)
+    src = write_ngff(tmp_path / "in.ome.zarr", two, "tcyx", (1, 1, 32, 32))
+    out = write_ngff(tmp_path / "out.ome.zarr", np.stack([restored, np.zeros_like(noisy)], axis=1), "tcyx", (1, 1, 32, 32))
+    tgt = write_ngff(tmp_path / "clean.ome.zarr", clean, "tyx", (1, 32, 32))
+    metrics = restoration_before_after(src, out, tmp_path / "qc" / "restoration.png", target_path=tgt, channel=0,
+                                       title="sampleA")
+    assert (tmp_path / "qc" / "restoration.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    expected = restoration_metrics((noisy[1], "yx"), (restored[1], "yx"), (clean[1], "yx"))  # the middle frame
+    for key in ("psnr_input_affine", "psnr_restored_affine", "ssim_input_affine", "ssim_restored_affine"):
+        assert metrics[key] == pytest.approx(expected[key], rel=1e-5)
+    assert metrics["psnr_restored_affine"] > metrics["psnr_input_affine"] + 3
+    assert restoration_before_after(src, out, tmp_path / "no_target.png") == {}  # no target: the images only
+    assert (tmp_path / "no_target.png").stat().st_size > 10_000
+
+
+def test_qc_residual_is_scale_free():
+    from snakescope.report.qc import _fit_to
+
+    image = np.linspace(0, 1, 64, dtype=np.float32).reshape(8, 8)
+    np.testing.assert_allclose(_fit_to(5 * image - 2, image), image, atol=1e-6)
 
 
 # ---------------------------------------------------------------------------------------
@@ -426,6 +495,16 @@ def test_care_blockwise_prediction_equals_whole_image(care):
     model = CARE(None, name="model", basedir=str(care["root"]))
     whole = np.stack([model.predict(care["noisy"][i], "YX", normalizer=None) for i in range(3)])
     np.testing.assert_allclose(restored.data[:, 0], whole, rtol=0, atol=1e-5)
+    # test-time augmentation block by block = the mean of csbdeep's whole-image predictions
+    # of the 8 flipped/rotated images, each turned back
+    out_tta = care["root"] / "restored_tta.ome.zarr"
+    summary = predict(care["root"] / "model", care["src"], out_tta, storage=INGEST, channel=0, tta=True,
+                      block_shape={"t": 1, "y": 40, "x": 48})
+    assert summary["tta"] is True
+    whole_tta = np.stack([dihedral_mean(lambda b: np.stack([model.predict(p, "YX", normalizer=None) for p in b]),
+                                        care["noisy"][i][None])[0] for i in range(3)])
+    np.testing.assert_allclose(ngff.read_image(out_tta).data[:, 0], whole_tta, rtol=0, atol=1e-5)
+    assert np.abs(whole_tta - whole).max() > 1e-4
 
 
 @pytest.mark.slow
@@ -513,12 +592,15 @@ def test_n2v_blockwise_prediction_equals_whole_image(n2v):
     assert n2v["pred_shape"] == [4, 96, 112] and n2v["pred_dtype"] == "float32"  # two images, one loaded model
     assert n2v["max_abs_diff"] <= 1e-5 * max(1.0, n2v["max_abs"])
     assert n2v["max_abs_diff_3d"] <= 1e-5 * 10
+    assert n2v["predict_tta"]["tta"] is True and n2v["max_abs_diff_tta"] <= 1e-5 * max(1.0, n2v["max_abs"])
+    assert n2v["tta_differs"] > 1e-4  # the averaged prediction is not the plain one
 
 
 @pytest.mark.slow
 def test_n2v_3d_model_from_z_stack(n2v):
     assert n2v["train3d"]["ndim"] == 3 and n2v["train3d"]["data"]["patch_shape"] == [8, 16, 16]
     assert n2v["train3d"]["training"]["epochs_run"] == 1 and n2v["train3d"]["axes"] == "zyx"
+    assert n2v["struct3d"] == [[[1, 1, 1]]]  # the structured blind spot is recorded where n2v keeps it
 
 
 @pytest.mark.slow

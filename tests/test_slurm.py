@@ -126,7 +126,7 @@ def cluster_args() -> list[str]:
       entry, so the profile's entries are repeated with only that changed (read from the
       profile, so the test follows it). (`--slurm-no-account` exists in plugin 2.8.0 but the
       plugin never reads it, hence dropping slurm_account.)
-    * Its node has 2 CPUs: a batch (group job) may use 2 cores, not the profile's 16.
+    * Its node has 2 CPUs: a job may use 2 cores.
     * Successful jobs' SLURM logs are kept as evidence; --verbose prints the sbatch calls.
     """
     profile = yaml.safe_load((PROFILE / "config.yaml").read_text())
@@ -183,21 +183,13 @@ def snakemake_cmd(wd: Path, *args: str) -> list[str]:
             "--directory", str(wd), *args]
 
 
-def plan(text: str) -> tuple[dict, dict]:
-    """SLURM submissions a dry run plans: group jobs by group, lone jobs by rule.
-
-    Jobs of a group job are printed indented under "Group job NAME"; a job submitted on its
-    own starts at column 0 ("rule NAME:"); the dry run prints local rules the same way, but
-    they run in the driver: `all` (no command) and `workflow_config` (`localrule: True`).
-    """
-    groups: dict = {}
-    for name in re.findall(r"^\[[^\]]*\] Group job (\S+) ", text, flags=re.M):
-        groups[name] = groups.get(name, 0) + 1
-    single: dict = {}
+def plan(text: str) -> dict:
+    """SLURM submissions a dry run plans, by rule: every job printed as "rule NAME:" (local
+    rules, which run in the driver, print as "localrule NAME:" and are not submitted)."""
+    planned: dict = {}
     for name in re.findall(r"^rule (\w+):$", text, flags=re.M):
-        if name not in ("all", "workflow_config"):
-            single[name] = single.get(name, 0) + 1
-    return groups, single
+        planned[name] = planned.get(name, 0) + 1
+    return planned
 
 
 def submissions(output: str) -> list[tuple[str, str, Path]]:
@@ -268,25 +260,21 @@ def demo(slurm_cluster, tmp_path_factory):
     return DemoRuns(slurm_wd, local_wd, proc.stdout + proc.stderr, planned)
 
 
-def test_jobs_went_through_slurm_in_planned_batches(demo):
+def test_jobs_went_through_slurm_one_per_batch(demo):
     jobs = submissions(demo.output)
-    groups, single = demo.planned
-    # as many sbatch submissions as the dry run planned: one per batch plus one per lone job
-    assert len(jobs) == sum(groups.values()) + sum(single.values()), (jobs, demo.planned)
-    # one sample: one batch per per-image rule, GPU and CPU rules in separate batches
-    assert {"batch_ingest", "batch_provenance", "batch_segment", "batch_measure"} <= set(groups), groups
-    assert all(n == 1 for n in groups.values()), groups
-    assert {"train_segmentation", "summary"} <= set(single), single
-    assert not {"ingest", "provenance", "segment", "measure"} & set(single), single
+    planned = demo.planned
+    # as many sbatch submissions as the dry run planned: one per batch and stage, one per model
+    assert len(jobs) == sum(planned.values()), (jobs, planned)
+    assert {"prepare": 1, "segment": 1, "finish": 1, "train_segmentation": 1, "train_classifier": 1} == {
+        r: planned.get(r) for r in ("prepare", "segment", "finish", "train_segmentation", "train_classifier")}, planned
     logs = demo.slurm / ".snakemake" / "slurm_logs"
     for _, slurm_id, log in jobs:
         assert log.is_file() and log.is_relative_to(logs), log
         assert log.name == f"{slurm_id}.log"
-    # each batch job ran its rule (the log folder is named after the group)
-    batch_logs = {log.parent.name: log for _, _, log in jobs if log.parent.name.startswith("group_batch_")}
-    for rule in ("ingest", "provenance", "segment", "measure"):
-        found = [log for name, log in batch_logs.items() if name.startswith(f"group_batch_{rule}")]
-        assert len(found) == 1 and f"rule {rule}:" in found[0].read_text(), (rule, sorted(batch_logs))
+    # each stage job ran its batch through the one entry point
+    for rule in ("prepare", "segment", "finish"):
+        found = [log for _, _, log in jobs if f"rule_{rule}" in str(log)]
+        assert len(found) == 1 and "scripts/snakescope.py run" in found[0].read_text(), (rule, jobs)
     assert (demo.slurm / "results" / "summary.md").is_file()
 
 
@@ -296,6 +284,7 @@ def test_gpu_rules_were_scheduled_with_a_gpu(demo):
     gpu = gpu_rules()
     calls = sbatch_calls(demo.output)
     assert calls and {"train_segmentation", "segment"} <= set().union(*(c["rules"] for c in calls if c["gpu"]))
+    assert not {"prepare", "finish"} & set().union(*(c["rules"] for c in calls if c["gpu"]))
     for c in calls:
         assert c["gpu"] == bool(c["rules"] & gpu), c["call"]
         assert f" -p {PARTITION} " in c["call"], c["call"]
@@ -336,7 +325,7 @@ def test_outputs_equal_a_local_run(demo):
     (objects, metrics), the normalization statistics, and the trained model (configuration,
     split, thresholds, weights). Weights can be compared bit for bit because the training
     seeds everything and switches on TensorFlow's deterministic kernels
-    (snakescope.segment._deterministic) and both runs use the same CPU with the same threads
+    (snakescope.training.harness.seed_everything) and both runs use the same CPU with the same threads
     (`resources.threads`); TensorFlow guarantees nothing across machines or thread counts,
     where only the configuration and split would be equal. Not compared: timings
     (train_seconds, benchmarks/), plots (PNG metadata), provenance's paths and platform.
@@ -344,7 +333,8 @@ def test_outputs_equal_a_local_run(demo):
     slurm, local = demo.slurm / "results", demo.local / "results"
     stores = sorted(p.relative_to(local) for p in local.rglob("*.ome.zarr"))
     assert stores == sorted(p.relative_to(slurm) for p in slurm.rglob("*.ome.zarr"))
-    assert {"cells/image.ome.zarr", "cells/normalized.ome.zarr", "cells/labels.ome.zarr"} <= {str(s) for s in stores}
+    assert {"cells/image.ome.zarr", "cells/normalized.ome.zarr"} <= {str(s) for s in stores}
+    assert "labels/segmentation/0" in _zarr_arrays(local / "cells/image.ome.zarr")
     for store in stores:
         a, b = _zarr_arrays(local / store), _zarr_arrays(slurm / store)
         assert a.keys() == b.keys() and a, store
@@ -387,39 +377,36 @@ def test_outputs_equal_a_local_run(demo):
 
 @pytest.mark.filterwarnings("ignore:Object at .snakemake_timestamp")
 def test_job_killed_for_memory_is_retried_with_more_and_completes(demo, tmp_path):
-    """SLURM kills a prediction whose first attempt asks for too little memory; Snakemake
-    resubmits it with twice as much (the rules scale mem_mb with the attempt) and it
+    """SLURM kills a segmentation batch whose first attempt asks for too little memory;
+    Snakemake resubmits it with twice as much (the rules scale mem_mb with the attempt) and it
     completes, with the same labels as before.
 
     The cluster enforces --mem by sampling (jobacct_gather/linux with OverMemoryKill, no
-    cgroups here). resources.mem_mb=256 makes the prediction ask for 512 MB on attempt 1,
-    less than TensorFlow needs (~650 MB), and 1024 MB on attempt 2. Only the prediction
-    runs: the project is the demo's, with its image, normalized image and model copied in
-    (the model as a pretrained one).
+    cgroups here). resources.mem_mb=256 makes the segment job ask for 512 MB on attempt 1,
+    less than TensorFlow needs (~650 MB), and 1024 MB on attempt 2. The project is the
+    demo's with its trained model given as a pretrained one; only prepare and segment run.
     """
     wd = tmp_path / "wd"
     shutil.copytree(demo.slurm / "data", wd / "data")
-    for store in ("image.ome.zarr", "normalized.ome.zarr"):
-        shutil.copytree(demo.slurm / "results" / "cells" / store, wd / "results" / "cells" / store)
     model = demo.slurm / "results" / "models" / "stardist_2d"
     shutil.copytree(model, wd / "pretrained" / model.name)
     (wd / "config").mkdir()
     shutil.copy(demo.slurm / "config" / "samples.tsv", wd / "config" / "samples.tsv")
     write_config(wd, {"resources": {"mem_mb": 256, "retries": 1},
-                      "segmentation": {"model_2d": f"pretrained/{model.name}"}})
+                      "segmentation": {"model_2d": f"pretrained/{model.name}"}, "classification": {"enabled": False}})
 
-    proc = run_snakemake(wd, *cluster_args(), "results/cells/labels.ome.zarr", timeout=900)
+    proc = run_snakemake(wd, *cluster_args(), "results/jobs/segment-b0000.done.json", timeout=900)
     output = proc.stdout + proc.stderr
-    jobs = submissions(output)
-    assert jobs and all("group_batch_segment" in str(log) for _, _, log in jobs), jobs  # only the prediction
+    jobs = [job for job in submissions(output) if "rule_segment" in str(job[2])]
     assert len(jobs) >= 2, "the first attempt was not killed"
     first_log = jobs[0][2].read_text()
     assert "exceeded memory limit" in first_log, first_log[-3000:]
     assert "JobState=FAILED" in scontrol(jobs[0][1])
     assert "JobState=COMPLETED" in scontrol(jobs[-1][1])
-    memory = [int(m) for m in re.findall(r" --mem (\d+) ", " ".join(SBATCH_CALL.findall(output)))]
+    calls = [c for c in SBATCH_CALL.findall(output) if "segment" in c]
+    memory = [int(m) for m in re.findall(r" --mem (\d+) ", " ".join(calls))]
     assert memory[:2] == [512, 1024], memory
-    retried, before = (_zarr_arrays(root / "results/cells/labels.ome.zarr") for root in (wd, demo.slurm))
+    retried, before = (_zarr_arrays(root / "results/cells/image.ome.zarr") for root in (wd, demo.slurm))
     assert retried.keys() == before.keys() and retried
     for name in retried:
         np.testing.assert_array_equal(retried[name], before[name], err_msg=name)
@@ -432,6 +419,7 @@ def _dry_run_project(wd: Path, n_samples: int) -> None:
     """n tiny 2D samples (no labels) and a pretrained model folder, for dry runs only."""
     (wd / "data").mkdir(parents=True)
     (wd / "pretrained" / "stardist_2d").mkdir(parents=True)
+    (wd / "pretrained" / "stardist_2d" / "config.json").write_text("{}")  # dry runs only need the folder
     rng = np.random.default_rng(0)
     rows = []
     for i in range(n_samples):
@@ -443,31 +431,23 @@ def _dry_run_project(wd: Path, n_samples: int) -> None:
 
 
 @pytest.mark.parametrize("batch", [2, 100])
-def test_grouping_plans_one_submission_per_batch_of_images(tmp_path, batch):
-    """5 images with every group's batch size set to N on the command line: the dry run with
-    the profile plans ceil(5/N) SLURM jobs per per-image rule and none of them alone."""
+def test_batching_plans_one_submission_per_batch_of_images(tmp_path, batch):
+    """5 images with `batching.max_samples` N: the dry run with the profile plans ceil(5/N)
+    SLURM jobs per per-image stage, and nothing per image."""
     n_images = 5
     wd = tmp_path / "wd"
     _dry_run_project(wd, n_images)
-    batch_groups = yaml.safe_load((PROFILE / "config.yaml").read_text())["group-components"]
-    proc = run_snakemake(wd, "--profile", str(PROFILE), "--dry-run",
-                         "--group-components", *(f"{g}={batch}" for g in batch_groups), timeout=300)
-    text = proc.stdout + proc.stderr
-    groups, single = plan(text)
+    write_config(wd, {"segmentation": {"model_2d": "pretrained/stardist_2d"}, "batching": {"max_samples": batch}})
+    proc = run_snakemake(wd, "--profile", str(PROFILE), "--dry-run", timeout=300)
+    planned = plan(proc.stdout + proc.stderr)
     expected = math.ceil(n_images / batch)
-    assert {"batch_ingest", "batch_provenance", "batch_segment", "batch_measure", "batch_classify",
-            "batch_qc_segmentation"} <= set(groups), groups
-    assert set(groups.values()) == {expected}, groups
-    assert set(single) == {"summary"}, single  # nothing per image is submitted alone
-    counts = dict(re.findall(r"^(\w+)\s+(\d+)$", text.split("Job stats:")[1], flags=re.M))
-    for rule in ("ingest", "provenance", "segment", "measure", "classify", "qc_segmentation"):
-        assert counts.get(rule) == str(n_images), (rule, counts)
+    assert planned == {"prepare": expected, "segment": expected, "finish": expected, "summary": 1}, planned
 
 
 def test_profile_names_existing_rules():
-    """Groups and per-rule resources of the profile name rules the workflow has (Snakemake
-    ignores unknown names silently, so a renamed rule would quietly lose its GPU
-    partition or batching); every rule asking for a GPU goes to a partition of its own."""
+    """Per-rule resources of the profile name rules the workflow has (Snakemake ignores
+    unknown names silently, so a renamed rule would quietly lose its GPU partition); every
+    rule asking for a GPU goes to the GPU partition."""
     profile = yaml.safe_load((PROFILE / "config.yaml").read_text())
     proc = subprocess.run([str(MAIN_PYTHON), "-m", "snakemake", "--list-rules",
                            "--snakefile", str(REPO / "workflow" / "Snakefile"),
@@ -476,7 +456,8 @@ def test_profile_names_existing_rules():
                           capture_output=True, text=True, cwd=REPO, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     rules = set(proc.stdout.split())
-    named = set(profile["groups"]) | set(profile["set-resources"])
+    assert "groups" not in profile  # the workflow batches samples itself
+    named = set(profile["set-resources"])
     assert named <= rules, f"the profile names rules the workflow lacks: {sorted(named - rules)}"
     gpu = gpu_rules()
     assert gpu, "no rule asks for a GPU any more?"

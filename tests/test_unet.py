@@ -23,7 +23,12 @@ from snakescope.segmentation.unet import (CLASS_NAMES, UNet, architecture_for, b
 # Keras 3.15 converts its own variables with np.array(copy=False) semantics numpy 2 warns about
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword")
 
-TINY = {"n_depth": 2, "n_filter_base": 8}
+def arch(**changes) -> dict:
+    """The schema's U-Net architecture with some settings changed."""
+    return {**defaults().segmentation.unet.architecture, **changes}
+
+
+TINY = arch(n_depth=2, n_filter_base=8)
 SPLIT = {"train": ["q00", "q01", "q10"], "validation": ["q11"]}
 
 
@@ -59,7 +64,7 @@ def tiny_frames(n=4, seed=0):
 
 
 def quick_train(pairs, out, split, *, seed=0, parent=None, **settings):
-    settings = defaults().segmentation.unet.replace(**{"architecture": {"n_depth": 1, "n_filter_base": 4},
+    settings = defaults().segmentation.unet.replace(**{"architecture": arch(n_depth=1, n_filter_base=4),
                                                        "patch_size": [32, 32], "batch_size": 2, "epochs": 1,
                                                        "steps_per_epoch": 1, **settings})
     return train_unet(pairs, out, settings, split=split, seed=seed, parent=parent, optimize_thresholds=False)
@@ -209,7 +214,7 @@ def test_3d_training_and_timelapse_prediction(tmp_path):
     tl = make_timelapse(ndim=3, n_frames=3, shape=(12, 64, 64), n_cells=3, seed=2)
     pairs = {f"t{t}": (normalize_percentile(tl.image[t]), tl.labels[t]) for t in range(3)}
     metadata = quick_train(pairs, tmp_path / "m3d", {"train": ["t0", "t1"], "validation": ["t2"]},
-                           architecture={"n_depth": 1, "n_filter_base": 4, "pool_size": [1, 2, 2]}, patch_size=[4, 32, 32])
+                           architecture=arch(n_depth=1, n_filter_base=4, pool_size=[1, 2, 2]), patch_size=[4, 32, 32])
     assert metadata["ndim"] == 3 and metadata["patch_size"] == [4, 32, 32]
     model = load_unet(tmp_path / "m3d")
     assert model.architecture["ndim"] == 3 and model.architecture["kernel_size"] == [3, 3, 3]
@@ -226,8 +231,8 @@ def random_unet(seed=0):
     import keras
 
     keras.utils.set_random_seed(seed)
-    arch = architecture_for(2, {"n_depth": 1, "n_filter_base": 4})
-    return UNet({"architecture": arch}, build_keras_model(arch))
+    network = architecture_for(2, arch(n_depth=1, n_filter_base=4))
+    return UNet({"architecture": network}, build_keras_model(network))
 
 
 def test_class_map_is_the_argmax_of_the_same_probabilities():
@@ -335,7 +340,7 @@ def test_fine_tuning_starts_from_the_parents_network(tmp_path):
     parent = load_unet(tmp_path / "parent")
     # the architecture in the settings is ignored: the parent's network goes on training
     metadata = quick_train(pairs, tmp_path / "child", split, seed=2, parent=tmp_path / "parent",
-                           architecture={"n_depth": 2, "n_filter_base": 8}, learning_rate=1e-9)
+                           architecture=arch(n_depth=2, n_filter_base=8), learning_rate=1e-9)
     child = load_unet(tmp_path / "child")
     assert metadata["parent"] == str(tmp_path / "parent") and child.architecture == parent.architecture
     for a, b in zip(child.keras_model.get_weights(), parent.keras_model.get_weights()):

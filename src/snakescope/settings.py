@@ -24,7 +24,7 @@ from pathlib import Path
 
 import yaml
 
-from snakescope.io.tiff import AXES_LETTERS, expand_image_path
+from snakescope.io.tiff import expand_image_path
 
 SCHEMA_DIR = Path(__file__).resolve().parents[2] / "workflow" / "schemas"
 SHEET_COLUMNS = ("sample_id", "image", "axes", "voxel_size", "time_interval", "channel",
@@ -412,8 +412,8 @@ class StarDistTraining(Section):
 
 @dataclass(frozen=True)
 class UNetTraining(Section):
-    architecture: dict | None
-    patch_size: list | None
+    architecture: dict
+    patch_size: list
     epochs: int
     steps_per_epoch: int
     batch_size: int
@@ -447,7 +447,13 @@ class Segmentation(Section):
         return self.stardist.replace(**self.stardist_3d) if ndim == 3 else self.stardist
 
     def unet_for(self, ndim: int) -> UNetTraining:
-        return self.unet.replace(**self.unet_3d) if ndim == 3 else self.unet
+        """U-Net training settings of a 2D or 3D model (3D: unet_3d overrides, architecture
+        keys one by one)."""
+        if ndim != 3:
+            return self.unet
+        overrides = dict(self.unet_3d)
+        overrides["architecture"] = {**self.unet.architecture, **overrides.get("architecture", {})}
+        return self.unet.replace(**overrides)
 
 
 @dataclass(frozen=True)

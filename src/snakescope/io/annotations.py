@@ -29,6 +29,7 @@ import numpy as np
 import pandas as pd
 
 from snakescope.errors import InputError
+from snakescope.io.tiff import check_axes
 
 log = logging.getLogger(__name__)
 
@@ -51,15 +52,7 @@ def parse_axes(axes, where="axes") -> str:
         if int(axes) not in defaults:
             raise InputError(where, f"{axes} axes: give 2 (yx), 3 (tyx), 4 (tzyx) or an axes string")
         return defaults[int(axes)]
-    text = str(axes).lower()
-    bad = sorted(set(text) - set("tczyx"))
-    if bad:
-        raise InputError(where, f"axes {axes!r}: letters must come from t, c, z, y, x (got {''.join(bad)})")
-    if len(set(text)) != len(text):
-        raise InputError(where, f"axes {axes!r}: a letter appears twice")
-    if "y" not in text or "x" not in text:
-        raise InputError(where, f"axes {axes!r}: y and x are required")
-    return text
+    return check_axes(str(axes), where).lower()
 
 
 def point_axes(axes: str) -> str:

@@ -16,15 +16,17 @@ __all__ = ["restoration_metrics"]
 def restoration_metrics(source, restored, target, *, channel: int | None = None, data_range: float | None = None) -> dict:
     """PSNR and SSIM of the input and of the restored image against a clean target.
 
-    ``psnr_*_affine``: PSNR after the least-squares affine fit ``a * image + b`` of each image
-    to the target (``affine_slope_*`` = a), which is insensitive to the contrast and offset
-    differences that separate normalization of noisy and clean images leaves (and to N2V's
-    contrast compression); the plain PSNR is reported too.
+    ``psnr_*_affine`` and ``ssim_*_affine``: after the least-squares affine fit ``a * image +
+    b`` of each image to the target over the whole image (``affine_slope_*`` = a), which is
+    insensitive to the contrast and offset differences that separate normalization of noisy
+    and clean images leaves (and to N2V's contrast compression); the plain PSNR and SSIM are
+    reported too.
 
     ``data_range`` defaults to the target's ``max - min`` (over the whole target), used for
     both PSNR and SSIM and returned. PSNR is computed over all voxels; SSIM
     (``skimage.metrics.structural_similarity``, 7x7 Gaussian-free window, float64) per y-x
-    plane and averaged over planes (t, z), so memory stays at one plane. Images: NGFF paths,
+    plane and averaged over planes (t, z), so memory stays at one plane (the affine SSIM reads
+    the planes a second time, once the fit is known). Images: NGFF paths,
     NgffImages, ``(array, axes)`` pairs or 2D arrays; all must have the same shape after the
     channel is selected (the target may lack the channel axis).
     """
@@ -77,6 +79,7 @@ def restoration_metrics(source, restored, target, *, channel: int | None = None,
         return float("inf") if mse <= 0 else float(10 * np.log10(data_range**2 / mse))
 
     t_mean, t_var = t_sum / n, t_sq / n - (t_sum / n) ** 2
+    fits = {}
     for key in ("input", "restored"):
         mse = sq[key] / n
         out[f"psnr_{key}"] = psnr(mse)
@@ -85,8 +88,18 @@ def restoration_metrics(source, restored, target, *, channel: int | None = None,
         p_sum, p_sq, pt = sums[key]
         p_var, cov = p_sq / n - (p_sum / n) ** 2, pt / n - (p_sum / n) * t_mean
         slope = cov / p_var if p_var > 0 else 0.0
+        fits[key] = (slope, t_mean - slope * p_sum / n)
         out[f"psnr_{key}_affine"] = psnr(max(0.0, t_var - slope * cov))
         out[f"affine_slope_{key}"] = float(slope)
+    ssim_fit = {key: [] for key in fits}
+    for idx in planes:
+        t = tgt.read(region(idx)).astype(np.float64).reshape(shape[-2:])
+        for key, s in (("input", src), ("restored", res)):
+            slope, offset = fits[key]
+            p = s.read(region(idx)).astype(np.float64).reshape(shape[-2:])
+            ssim_fit[key].append(structural_similarity(t, slope * p + offset, data_range=data_range))
+    for key in fits:
+        out[f"ssim_{key}_affine"] = float(np.mean(ssim_fit[key]))
     out["psnr_gain"] = out["psnr_restored"] - out["psnr_input"]
     out["psnr_gain_affine"] = out["psnr_restored_affine"] - out["psnr_input_affine"]
     return out

@@ -13,7 +13,8 @@ drawn from the pool with random flips/rotations (:func:`augment`).
 N2V masking (:func:`n2v_mask`) is a vectorized re-implementation of n2v's
 ``N2V_DataWrapper``: stratified random blind-spot pixels, ``n2v_perc_pix`` percent of each
 patch, replaced by the ``manipulator`` (any of n2v's, :data:`MANIPULATORS`) within
-``neighborhood_radius``.
+``neighborhood_radius``, and optionally structN2V's structured blind spots for noise that is
+correlated between neighbouring pixels.
 """
 
 from __future__ import annotations
@@ -338,12 +339,17 @@ def _window_values(x: np.ndarray, coords: np.ndarray, radius: int, center: bool)
     return np.ma.masked_array(x[idx], mask=~inside)
 
 
-def n2v_mask(x: np.ndarray, perc_pix: float, manipulator: str, radius: int, rng) -> tuple[np.ndarray, np.ndarray]:
+def n2v_mask(x: np.ndarray, perc_pix: float, manipulator: str, radius: int, rng,
+             struct_mask=None) -> tuple[np.ndarray, np.ndarray]:
     """N2V inputs and targets for a batch of (normalized) patches ``x`` (B, *patch).
 
     Returns ``(inputs, targets)`` shaped (B, *patch, 1) and (B, *patch, 2): the target
     channel holds the original values and the mask channel 1 at the blind spots, as n2v's
-    loss expects.
+    loss expects. ``struct_mask``: structN2V's structured blind spot (n2v's
+    ``structN2Vmask``, an array of 0/1 of odd sizes centred on the blind spot, e.g.
+    ``[[1, 1, 1, 1, 1]]`` along x): the pixels it marks around each blind spot are
+    replaced by uniform noise in [-2, 2] (normalized units, as n2v does), so that noise
+    correlated along those pixels cannot reveal the blind spot's noise.
     """
     if manipulator not in MANIPULATORS:
         raise InputError("manipulator", f"{manipulator!r} is not one of {', '.join(MANIPULATORS)}")
@@ -368,10 +374,30 @@ def n2v_mask(x: np.ndarray, perc_pix: float, manipulator: str, radius: int, rng)
         values = orig
     inputs = x.copy()
     inputs[idx] = values
+    if struct_mask is not None:
+        _hide_structure(inputs, coords, struct_mask, rng)
     targets = np.zeros(x.shape + (2,), np.float32)
     targets[idx + (0,)] = orig
     targets[idx + (1,)] = 1.0
     return inputs[..., None], targets
+
+
+def _hide_structure(inputs: np.ndarray, coords: np.ndarray, struct_mask, rng) -> None:
+    """structN2V: noise over the pixels ``struct_mask`` marks around each blind spot
+    (positions beyond the patch clipped to its border, as n2v does)."""
+    given = np.asarray(struct_mask)
+    nd = coords.shape[1] - 1
+    if given.ndim != nd or any(n % 2 == 0 for n in given.shape) or not np.isin(given, (0, 1)).all():
+        raise InputError("struct_mask", f"must be a {nd}D array of 0 and 1 of odd sizes (centred on the blind spot); "
+                                        f"got {given.tolist()}")
+    mask = given.astype(bool)
+    offs = np.argwhere(mask) - np.asarray(mask.shape) // 2
+    offs = offs[np.any(offs != 0, axis=1)]  # the blind spot itself keeps its manipulated value
+    if not len(offs):
+        return
+    pos = np.clip(coords[:, None, 1:] + offs[None], 0, np.asarray(inputs.shape[1:]) - 1).reshape(-1, nd)
+    batch = np.repeat(coords[:, 0], len(offs))
+    inputs[(batch,) + tuple(pos.T)] = rng.uniform(-2, 2, len(batch)).astype(np.float32)
 
 
 def augment(rng, *arrays):

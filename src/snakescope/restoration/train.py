@@ -61,7 +61,8 @@ __all__ = ["train_care", "train_n2v"]
 
 
 def train_n2v(images, out_dir: str | Path, settings: N2VTraining, *, seed: int, ndim: int | None = None,
-              channel: int | None = None, threads: int = 2, parent: str | Path | None = None) -> dict:
+              channel: int | None = None, threads: int = 2, parent: str | Path | None = None,
+              struct_mask=None) -> dict:
     """Train Noise2Void on the images themselves (self-supervised); write the model folder.
 
     ``images``: normalized NGFF image paths (or NgffImages, ``(array, axes)`` pairs,
@@ -71,7 +72,9 @@ def train_n2v(images, out_dir: str | Path, settings: N2VTraining, *, seed: int, 
     included; the cosine schedule decays within what is left). ``parent``: a model folder of
     the same network whose best weights the training starts from instead of random ones
     (the normalization is still this data's mean and deviation); recorded in the metadata.
-    Returns the metadata written to ``snakescope.json``.
+    ``struct_mask``: structN2V's structured blind spot for noise correlated between
+    neighbouring pixels (n2v's ``structN2Vmask``, see :func:`~snakescope.restoration.patches.n2v_mask`;
+    None: the plain blind spot). Returns the metadata written to ``snakescope.json``.
     """
     t_start = time.perf_counter()
     schedule = _schedule(settings, t_start)
@@ -100,12 +103,13 @@ def train_n2v(images, out_dir: str | Path, settings: N2VTraining, *, seed: int, 
         train_steps_per_epoch=int(s.steps_per_epoch), train_batch_size=int(s.batch_size),
         train_learning_rate=float(s.learning_rate), train_tensorboard=False, train_reduce_lr=None,
         n2v_perc_pix=float(s.n2v_perc_pix), n2v_patch_shape=patch, n2v_manipulator=s.manipulator,
-        n2v_neighborhood_radius=int(s.neighborhood_radius), means=[str(mean)], stds=[str(std)])
+        n2v_neighborhood_radius=int(s.neighborhood_radius), means=[str(mean)], stds=[str(std)],
+        structN2Vmask=None if struct_mask is None else np.asarray(struct_mask, int).tolist())
     Xn = (X - np.float32(mean)) / np.float32(std)
     del X
     Xtr = Xn[train_idx]
     mask = (float(s.n2v_perc_pix), s.manipulator, int(s.neighborhood_radius))
-    validation = n2v_mask(Xn[val_idx], *mask, rng)
+    validation = n2v_mask(Xn[val_idx], *mask, rng, struct_mask)
     del Xn
 
     def batches():
@@ -113,7 +117,7 @@ def train_n2v(images, out_dir: str | Path, settings: N2VTraining, *, seed: int, 
             xb = Xtr[rng.integers(0, len(Xtr), int(s.batch_size))]
             if s.augment:
                 xb = augment(rng, xb)
-            yield n2v_mask(xb, *mask, rng)
+            yield n2v_mask(xb, *mask, rng, struct_mask)
 
     data = _data(sources, patch, pool, n_fit, train_idx, val_idx)
     with TrainingRun(out_dir, kind="n2v", ndim=nd, seed=seed, schedule=schedule, parent=parent) as run:

@@ -22,7 +22,7 @@ TensorFlow/Keras are imported inside functions only, so label and post-processin
 stay cheap to import. The names below are the package's public API.
 """
 
-from snakescope.segmentation.unet.network import (DEFAULT_ARCHITECTURE, DEFAULT_POSTPROCESSING, FORMAT, UNet,
+from snakescope.segmentation.unet.network import (ARCHITECTURE_KEYS, DEFAULT_POSTPROCESSING, FORMAT, UNet,
                                                   architecture_for, build_keras_model, divisor, load_unet,
                                                   receptive_field_radius)
 from snakescope.segmentation.unet.predict import (MAX_BLOCK, predict_instances, predict_probabilities, predict_unet,
@@ -30,9 +30,9 @@ from snakescope.segmentation.unet.predict import (MAX_BLOCK, predict_instances, 
 from snakescope.segmentation.unet.targets import (CLASS_NAMES, check_labels, check_pair, class_confusion,
                                                   class_weights_from_frequencies, labels_to_classes,
                                                   normalize_percentile, read_pairs)
-from snakescope.segmentation.unet.train import AUGMENT, DEFAULT_PATCH, patch_batches, train_unet
+from snakescope.segmentation.unet.train import AUGMENT, patch_batches, train_unet
 
-__all__ = ["AUGMENT", "CLASS_NAMES", "DEFAULT_ARCHITECTURE", "DEFAULT_PATCH", "DEFAULT_POSTPROCESSING", "FORMAT",
+__all__ = ["AUGMENT", "CLASS_NAMES", "ARCHITECTURE_KEYS", "DEFAULT_POSTPROCESSING", "FORMAT",
            "MAX_BLOCK", "UNet", "architecture_for", "build_keras_model", "check_labels", "check_pair",
            "class_confusion", "class_weights_from_frequencies", "divisor", "labels_to_classes", "load_unet",
            "normalize_percentile", "patch_batches", "predict_instances", "predict_probabilities", "predict_unet",

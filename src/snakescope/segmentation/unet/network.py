@@ -20,22 +20,15 @@ from snakescope.errors import InputError
 from snakescope.segmentation.unet.targets import CLASS_NAMES
 from snakescope.training.harness import CONFIG, WEIGHTS_BEST, WEIGHTS_LAST, load_weights
 
-__all__ = ["DEFAULT_ARCHITECTURE", "DEFAULT_POSTPROCESSING", "FORMAT", "UNet", "architecture_for",
+__all__ = ["ARCHITECTURE_KEYS", "DEFAULT_POSTPROCESSING", "FORMAT", "UNet", "architecture_for",
            "build_keras_model", "divisor", "load_unet", "receptive_field_radius"]
 
 #: The config.json format; /1 (best.weights.h5, Keras 3 weights) folders predate the harness.
 FORMAT = "snakescope-unet/2"
 
-#: Architecture settings where ``segmentation.unet.architecture`` leaves them out (2D and 3D).
-DEFAULT_ARCHITECTURE = {
-    "n_depth": 2,
-    "n_filter_base": 16,
-    "kernel_size": 3,
-    "pool_size": 2,
-    "n_conv_per_depth": 2,
-    "batch_norm": False,
-    "dropout": 0.0,
-}
+#: The architecture settings (``segmentation.unet.architecture``; defaults in the schema).
+ARCHITECTURE_KEYS = ("n_depth", "n_filter_base", "kernel_size", "pool_size", "n_conv_per_depth", "batch_norm",
+                     "dropout")
 #: Post-processing of a model whose config.json leaves them out (training tunes the thresholds).
 DEFAULT_POSTPROCESSING = {
     "body_threshold": 0.5,
@@ -56,12 +49,11 @@ def per_axis(value, ndim: int) -> tuple[int, ...]:
     return value
 
 
-def architecture_for(ndim: int, architecture: Mapping | None = None) -> dict:
-    """The full architecture (defaults filled in, sizes per axis) of a ``ndim``-D U-Net."""
-    arch = {**DEFAULT_ARCHITECTURE, **(architecture or {})}
-    unknown = set(arch) - set(DEFAULT_ARCHITECTURE)
-    if unknown:
-        raise InputError("unet", f"unknown architecture settings {sorted(unknown)}")
+def architecture_for(ndim: int, architecture: Mapping) -> dict:
+    """The full architecture (sizes per axis) of a ``ndim``-D U-Net from the settings'."""
+    arch = dict(architecture)
+    if set(arch) != set(ARCHITECTURE_KEYS):
+        raise InputError("unet.architecture", f"needs exactly {', '.join(ARCHITECTURE_KEYS)} (got {sorted(arch)})")
     arch["kernel_size"] = list(per_axis(arch["kernel_size"], ndim))
     arch["pool_size"] = list(per_axis(arch["pool_size"], ndim))
     if any(k % 2 == 0 for k in arch["kernel_size"]):
@@ -181,7 +173,8 @@ def load_unet(model_dir: str | Path, weights: str = "best") -> UNet:
     return UNet(config, model, model_dir)
 
 
-def _as_unet(model) -> UNet:
+def as_unet(model) -> UNet:
+    """A loaded U-Net, or the one in a model folder."""
     if isinstance(model, UNet):
         return model
     if isinstance(model, (str, Path)):

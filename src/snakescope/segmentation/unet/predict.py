@@ -6,7 +6,6 @@ segmentation of NGFF images into NGFF labels with the class map beside them.
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
@@ -16,7 +15,7 @@ from snakescope.errors import InputError
 from snakescope.io import ngff
 from snakescope.io.frames import spatial_axes
 from snakescope.io.labels import CLASS_MAP, write_label_image
-from snakescope.segmentation.unet.network import UNet, divisor, load_unet, per_axis, receptive_field_radius, round_up
+from snakescope.segmentation.unet.network import UNet, as_unet, divisor, per_axis, receptive_field_radius, round_up
 from snakescope.segmentation.unet.targets import CLASS_NAMES
 from snakescope.settings import Segmentation
 
@@ -28,14 +27,6 @@ DEFAULT_BLOCK = {2: (1024, 1024), 3: (64, 256, 256)}
 #: The largest y/x block of :func:`predict_unet`, whatever ``segmentation.block_size`` says:
 #: it bounds the U-Net's activations (a StarDist block may be larger).
 MAX_BLOCK = 1024
-
-
-def _as_unet(model) -> UNet:
-    if isinstance(model, UNet):
-        return model
-    if isinstance(model, (str, Path)):
-        return load_unet(model)
-    raise TypeError(f"expected a UNet or a model folder, got {type(model).__name__}")
 
 
 def _to_numpy(tensor) -> np.ndarray:
@@ -57,7 +48,7 @@ def predict_probabilities(model, image, block_shape="auto", halo=None, *, out=No
     the cores reproduces it. ``image`` and ``out`` may be Zarr arrays or frame views: only a
     few blocks (plus halo) are in memory at a time.
     """
-    unet = _as_unet(model)
+    unet = as_unet(model)
     arch = unet.architecture
     ndim = unet.ndim
     shape = tuple(int(s) for s in image.shape)
@@ -167,7 +158,7 @@ def predict_instances(model, image, block_shape="auto", halo=None, *, where="ima
     Post-processing settings default to those tuned on the validation set (config.json).
     ``classes_out`` (an array, Zarr array or frame view of the image's shape), when given,
     receives the class map of the same probabilities (:func:`probabilities_to_classes`)."""
-    unet = _as_unet(model)
+    unet = as_unet(model)
     settings = {**unet.postprocessing, **postprocessing}
     ndim = unet.ndim
     if image.ndim == ndim + 1:

@@ -26,7 +26,7 @@ from snakescope.training.harness import CONFIG, METADATA, Schedule, TrainingRun,
 
 log = logging.getLogger(__name__)
 
-__all__ = ["AUGMENT", "DEFAULT_PATCH", "patch_batches", "train_unet"]
+__all__ = ["AUGMENT", "patch_batches", "train_unet"]
 
 #: Augmentation of the training patches (``segmentation.unet.augment: true``).
 AUGMENT = {
@@ -37,7 +37,6 @@ AUGMENT = {
     "noise_std": 0.05,
 }
 #: Training patch where ``segmentation.unet.patch_size`` is null, per dimensionality.
-DEFAULT_PATCH = {2: (128, 128), 3: (16, 64, 64)}
 #: Grid searched on the validation images for the post-processing thresholds.
 THRESHOLD_GRID = (0.3, 0.4, 0.5, 0.6, 0.7)
 
@@ -170,9 +169,7 @@ def train_unet(pairs: Mapping, out_dir: str | Path, settings: UNetTraining, *, s
     """Train a 2D or 3D three-class U-Net on ``pairs`` and write its model folder.
 
     ``pairs``: {name: (normalized image, instance labels)}, all 2D or all 3D. ``settings``:
-    ``segmentation.unet`` (3D: ``Segmentation.unet_for(3)``); a null ``architecture`` or
-    ``patch_size`` means :data:`DEFAULT_ARCHITECTURE` and :data:`DEFAULT_PATCH`; with
-    ``patience``, early stopping and the learning rate halved after half as many epochs
+    ``segmentation.unet`` (3D: ``Segmentation.unet_for(3)``); with ``patience``, early stopping and the learning rate halved after half as many epochs
     without a better validation loss. ``split``: {'train': [...], 'validation': [...]} over
     the names (e.g. from :func:`snakescope.training.splits.make_or_load_split`). ``parent``:
     a U-Net folder to fine-tune (its architecture and weights). ``class_weights``: "auto"
@@ -198,7 +195,7 @@ def train_unet(pairs: Mapping, out_dir: str | Path, settings: UNetTraining, *, s
     parent_model = _parent(parent, ndim) if parent else None
     arch = parent_model.architecture if parent_model else architecture_for(ndim, settings.architecture)
     div = divisor(arch)
-    patch_shape = tuple(round_up(p, d) for p, d in zip(per_axis(settings.patch_size or DEFAULT_PATCH[ndim], ndim), div))
+    patch_shape = tuple(round_up(p, d) for p, d in zip(per_axis(settings.patch_size, ndim), div))
     augment_settings = dict(AUGMENT) if settings.augment else None
     post = {**DEFAULT_POSTPROCESSING, **(postprocessing or {})}
     classes = {k: labels_to_classes(y, k) for k, (_, y) in checked.items()}
