@@ -14,8 +14,7 @@ Prints one JSON object as its last line:
 * ``planned_submissions``: SLURM jobs the run would submit (local rules, which run in the
   driver, are not counted), by rule in ``submissions_by_rule``; ``images_per_submission``:
   images per submission of each per-image rule (target >= 500).
-* ``dag_jobs``: the jobs in the DAG by rule (the local ``plan`` jobs write each batch job's
-  task file); ``slurm_commands_called``: SLURM commands the dry run executed (fake
+* ``dag_jobs``: the jobs in the DAG by rule; ``slurm_commands_called``: SLURM commands the dry run executed (fake
   ``sbatch``, ``sinfo``, ... first on PATH record every call: there must be none).
 
 The DAG: the default config with a pretrained StarDist folder given (so no training), per
@@ -45,7 +44,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 N_IMAGES = 100_000
 PER_IMAGE_RULES = ("prepare", "segment", "finish")
-LOCAL_RULES = ("all", "plan", "check_samples")
+LOCAL_RULES = ("all", "check_samples")
 SLURM_COMMANDS = ("sbatch", "srun", "sinfo", "squeue", "sacct", "scontrol", "scancel", "sacctmgr", "sshare")
 HEADER = "sample_id\timage\taxes\tvoxel_size\ttime_interval\tchannel\tlabels\ttracks\tpoints\ttarget\n"
 

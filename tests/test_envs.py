@@ -48,7 +48,7 @@ def test_every_env_file_is_covered_and_used():
     on_disk = {p.name for p in (REPO / "envs").glob("*.yaml")}
     assert on_disk == set(LOCKS), "a new env file needs its lock mapping in this test"
     rules = "\n".join(p.read_text() for p in (REPO / "workflow" / "rules").glob("*.smk"))
-    used = set(re.findall(r'envs/([\w.-]+\.yaml)', rules))
+    used = {f"{name}.yaml" for name in re.findall(r'env_file\("(\w+)"\)', rules)} | {"n2v.yaml", "tensorflow.yaml"}
     assert used <= on_disk, f"rules name env files that do not exist: {used - on_disk}"
 
 
@@ -60,3 +60,80 @@ def test_locks_pin_the_stack_the_issue_names():
     assert main["zarr"].startswith("3.")
     assert n2v["tensorflow-cpu"] == "2.15.1" and n2v["csbdeep"] == "0.7.4" and n2v["n2v"] == "0.3.3"
     assert n2v["numpy"].startswith("1.26")
+
+
+# ---- every env file holds what its rules import --------------------------------------------
+
+def test_container_definitions_install_exactly_the_locks():
+    """envs/snakescope.def and envs/Dockerfile install the lock files with `uv pip sync`
+    (exact versions, nothing else), with the uv of the Makefile and the locks' Python."""
+    uv = re.search(r"uv==([\d.]+)", (REPO / "Makefile").read_text()).group(1)
+    for name in ("snakescope.def", "Dockerfile"):
+        text = (REPO / "envs" / name).read_text()
+        assert f"uv=={uv}" in text, name
+        syncs = re.findall(r"VIRTUAL_ENV=\.venv/(\w+) uv pip sync --no-cache envs/locks/(\w+)\.txt", text)
+        assert sorted(syncs) == [("main", "main"), ("n2v", "n2v")], (name, syncs)
+        assert "python:3.11.7" in text and "pip install " not in text.replace("pip install --no-cache-dir uv==", "")
+        for folder in ("src", "scripts", "workflow", "envs/locks"):
+            assert re.search(rf"^\s*(COPY )?{folder} /opt/snakescope/{folder}", text, flags=re.M), (name, folder)
+
+
+def standin_env(env_file: str, root) -> Path:
+    """A venv of the env file's pip pins alone (conda channels are unreachable here, and
+    the pins are pip packages): what --sdm conda would give the env's rules."""
+    import shutil
+    import subprocess
+    import sys
+
+    uv = REPO / ".venv" / "bootstrap" / "bin" / "uv"
+    if not uv.exists():
+        pytest.skip("uv is not set up (make setup)")
+    folder = root / env_file.replace(".yaml", "")
+    pins = [f"{name}=={version}" for name, version in env_pins(REPO / "envs" / env_file).items()
+            if name not in ("python", "pip")]
+    python = shutil.which("python3.11") or sys.executable
+    subprocess.run([str(uv), "venv", "--quiet", "--python", python, str(folder)], check=True)
+    proc = subprocess.run([str(uv), "pip", "install", "--quiet", *pins], capture_output=True, text=True,
+                          env={**__import__("os").environ, "VIRTUAL_ENV": str(folder)}, timeout=1800)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return folder / "bin" / "python"
+
+
+@pytest.mark.slow
+def test_each_rule_runs_in_an_env_made_from_its_env_file_alone(tmp_path_factory):
+    """The small project (every stage: ingest, StarDist training and prediction, measurements,
+    classifier, tracking, evaluations, QC, provenance, summary) and a Noise2Void project run
+    with each rule family's interpreter a venv built from its env file's pins only, so an
+    import its env file lacks fails the run."""
+    import yaml
+
+    from conftest import make_small_project, run_ok
+    from test_restoration_workflow import clean_and_noisy
+
+    root = tmp_path_factory.mktemp("standin")
+    envs = {name: standin_env(f"{name}.yaml", root) for name in ("imaging", "tensorflow", "n2v")}
+    wd = make_small_project(root / "small")
+    config = yaml.safe_load((wd / "config" / "config.yaml").read_text())
+    config["local_envs"] = {k: str(v) for k, v in envs.items()}
+    (wd / "config" / "config.yaml").write_text(yaml.safe_dump(config))
+    run_ok(wd)
+    assert "2 samples: 2 complete" in (wd / "results" / "summary.md").read_text()
+
+    import tifffile
+
+    n2v = root / "n2v_project"
+    (n2v / "data").mkdir(parents=True)
+    clean, noisy = clean_and_noisy(0)
+    tifffile.imwrite(n2v / "data" / "noisy.tif", noisy)
+    tifffile.imwrite(n2v / "data" / "clean.tif", clean)
+    (n2v / "config").mkdir()
+    (n2v / "config" / "samples.tsv").write_text("sample_id\timage\taxes\tvoxel_size\ttarget\n"
+                                                "blobs\tdata/noisy.tif\tYX\t0.5\tdata/clean.tif\n")
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    config.update(samples="config/samples.tsv", local_envs={k: str(v) for k, v in envs.items()},
+                  segmentation={"method": "none"},
+                  restoration={"method": "n2v", "n2v": {"epochs": 1, "steps_per_epoch": 3, "batch_size": 4,
+                                                        "patch_shape": [32, 32], "n_patches": 32, "patience": 0}})
+    (n2v / "config" / "config.yaml").write_text(yaml.safe_dump(config))
+    run_ok(n2v)
+    assert (n2v / "results" / "blobs" / "restored.ome.zarr").is_dir()

@@ -44,8 +44,8 @@ def plan_for(**config) -> Plan:
 
 def run_stage(plan: Plan, stage: str) -> list[dict]:
     manifests = []
+    plan.write_tasks()
     for job in plan.stage_jobs(stage):
-        plan.write_task(job.name, plan_path(job.name))
         run_task(plan_path(job.name), threads=1)
         manifests.append(json.loads(open(job.outputs[0]).read()))
     return manifests

@@ -495,7 +495,8 @@ class Batching(Section):
 
 @dataclass(frozen=True)
 class LocalEnvs(Section):
-    main: str
+    imaging: str
+    tensorflow: str
     n2v: str
 
 
@@ -519,6 +520,7 @@ class Config(Section):
     tracking: Tracking
     batching: Batching
     local_envs: LocalEnvs
+    container: str | None
     resources: Resources
 
 

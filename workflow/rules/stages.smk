@@ -2,7 +2,6 @@
 # output is its manifest: every sample's status and outputs (results/<sample>/...).
 rule prepare:
     input:
-        task=plan_path("prepare-{batch}"),
         data=job_files("prepare"),
     output:
         manifest_path("prepare", "{batch}"),
@@ -12,20 +11,21 @@ rule prepare:
         "benchmarks/prepare-{batch}.tsv"
     retries: config["resources"]["retries"]
     conda:
-        "../../envs/imaging.yaml"
+        env_file("imaging")
     threads: config["resources"]["threads"]
     resources:
         mem_mb=scaled("mem_mb"),
         runtime=scaled("runtime"),
     params:
-        snakescope=snakescope_for("main"),
+        task=job_task("prepare"),
+        digest=job_digest("prepare"),
+        snakescope=snakescope_for("imaging"),
     shell:
         RUN
 
 
 rule restore:
     input:
-        task=plan_path("restore-{batch}"),
         data=job_files("restore"),
         after=job_waits_for("restore"),
     output:
@@ -36,23 +36,22 @@ rule restore:
         "benchmarks/restore-{batch}.tsv"
     retries: config["resources"]["retries"]
     conda:
-        f"../../envs/{'n2v' if config['restoration']['method'] == 'n2v' else 'tensorflow'}.yaml"
+        env_file(RESTORATION_ENV)
     threads: config["resources"]["threads"]
     resources:
         mem_mb=scaled("mem_mb", 2),
         runtime=scaled("runtime", 2),
         gpu=1,
     params:
-        snakescope=snakescope_for(
-            "n2v" if config["restoration"]["method"] == "n2v" else "main"
-        ),
+        task=job_task("restore"),
+        digest=job_digest("restore"),
+        snakescope=snakescope_for(RESTORATION_ENV),
     shell:
         RUN
 
 
 rule segment:
     input:
-        task=plan_path("segment-{batch}"),
         data=job_files("segment"),
         after=job_waits_for("segment"),
     output:
@@ -63,14 +62,16 @@ rule segment:
         "benchmarks/segment-{batch}.tsv"
     retries: config["resources"]["retries"]
     conda:
-        "../../envs/tensorflow.yaml"
+        env_file("tensorflow")
     threads: config["resources"]["threads"]
     resources:
         mem_mb=scaled("mem_mb", 2),
         runtime=scaled("runtime", 2),
         gpu=1,
     params:
-        snakescope=snakescope_for("main"),
+        task=job_task("segment"),
+        digest=job_digest("segment"),
+        snakescope=snakescope_for("tensorflow"),
     shell:
         RUN
 
@@ -79,7 +80,6 @@ rule segment:
 # the sample's segment job joins the parts into labels equal to a single job's.
 rule segment_part:
     input:
-        task=plan_path("segment_part-{sample}-{part}"),
         data=lambda wc: PLAN.job(f"segment_part-{wc.sample}-{wc.part}").inputs,
         after=lambda wc: [
             ancient(p) for p in PLAN.job(f"segment_part-{wc.sample}-{wc.part}").after
@@ -95,21 +95,22 @@ rule segment_part:
         part=r"\d+",
     retries: config["resources"]["retries"]
     conda:
-        "../../envs/tensorflow.yaml"
+        env_file("tensorflow")
     threads: config["resources"]["threads"]
     resources:
         mem_mb=scaled("mem_mb", 2),
         runtime=scaled("runtime", 2),
         gpu=1,
     params:
-        snakescope=snakescope_for("main"),
+        task=job_task(lambda wc: f"segment_part-{wc.sample}-{wc.part}"),
+        digest=job_digest(lambda wc: f"segment_part-{wc.sample}-{wc.part}"),
+        snakescope=snakescope_for("tensorflow"),
     shell:
         RUN
 
 
 rule finish:
     input:
-        task=plan_path("finish-{batch}"),
         data=job_files("finish"),
         after=job_waits_for("finish"),
     output:
@@ -120,12 +121,14 @@ rule finish:
         "benchmarks/finish-{batch}.tsv"
     retries: config["resources"]["retries"]
     conda:
-        "../../envs/imaging.yaml"
+        env_file("imaging")
     threads: config["resources"]["threads"]
     resources:
         mem_mb=scaled("mem_mb", 2),
         runtime=scaled("runtime"),
     params:
-        snakescope=snakescope_for("main"),
+        task=job_task("finish"),
+        digest=job_digest("finish"),
+        snakescope=snakescope_for("imaging"),
     shell:
         RUN

@@ -13,9 +13,9 @@ rule gather_metrics:
     wildcard_constraints:
         kind="restoration|segmentation|classification|tracking",
     conda:
-        "../../envs/imaging.yaml"
+        env_file("imaging")
     params:
-        snakescope=snakescope_for("main"),
+        snakescope=snakescope_for("imaging"),
     shell:
         "{params.snakescope} gather {wildcards.kind} --out {output:q} --manifests {input:q}"
         " > {log:q} 2>&1"
@@ -44,9 +44,9 @@ rule gather_pixel_classes:
     log:
         "logs/jobs/gather_pixel_classes.log",
     conda:
-        "../../envs/imaging.yaml"
+        env_file("imaging")
     params:
-        snakescope=snakescope_for("main"),
+        snakescope=snakescope_for("imaging"),
     shell:
         "{params.snakescope} gather pixel_classes --out {output.confusion:q}"
         " {output.scores:q} {output.plot:q} --manifests {input:q} > {log:q} 2>&1"
@@ -54,7 +54,6 @@ rule gather_pixel_classes:
 
 rule summary:
     input:
-        task=plan_path("summary-all"),
         results=PLAN.job("summary-all").after,
     output:
         summary="results/summary.md",
@@ -67,10 +66,12 @@ rule summary:
     log:
         "logs/jobs/summary.log",
     conda:
-        "../../envs/imaging.yaml"
+        env_file("imaging")
     threads: 1
     params:
-        snakescope=snakescope_for("main"),
+        task=job_task(lambda wc: "summary-all"),
+        digest=job_digest(lambda wc: "summary-all"),
+        snakescope=snakescope_for("imaging"),
     shell:
         RUN
 
@@ -86,8 +87,8 @@ rule check_samples:
         "logs/jobs/check_samples.log",
     localrule: True
     conda:
-        "../../envs/imaging.yaml"
+        env_file("imaging")
     params:
-        snakescope=snakescope_for("main"),
+        snakescope=snakescope_for("imaging"),
     shell:
         "{params.snakescope} check {input:q} > {log:q} 2>&1"

@@ -2,7 +2,6 @@
 # that change the model, so prediction-only settings never retrain.
 rule train_restoration:
     input:
-        task=plan_path("train_restoration-{model}"),
         data=job_files("train_restoration"),
         after=job_waits_for("train_restoration"),
     output:
@@ -21,23 +20,22 @@ rule train_restoration:
         model=r"(n2v|care)_[23]d",
     retries: config["resources"]["retries"]
     conda:
-        f"../../envs/{'n2v' if config['restoration']['method'] == 'n2v' else 'tensorflow'}.yaml"
+        env_file(RESTORATION_ENV)
     threads: config["resources"]["threads"]
     resources:
         mem_mb=scaled("mem_mb", 4),
         runtime=scaled("runtime", 8),
         gpu=1,
     params:
-        snakescope=snakescope_for(
-            "n2v" if config["restoration"]["method"] == "n2v" else "main"
-        ),
+        task=job_task("train_restoration"),
+        digest=job_digest("train_restoration"),
+        snakescope=snakescope_for(RESTORATION_ENV),
     shell:
         RUN
 
 
 rule train_segmentation:
     input:
-        task=plan_path("train_segmentation-{model}"),
         data=job_files("train_segmentation"),
         after=job_waits_for("train_segmentation"),
     output:
@@ -56,21 +54,22 @@ rule train_segmentation:
         model=r"(stardist|unet)_[23]d",
     retries: config["resources"]["retries"]
     conda:
-        "../../envs/tensorflow.yaml"
+        env_file("tensorflow")
     threads: config["resources"]["threads"]
     resources:
         mem_mb=scaled("mem_mb", 4),
         runtime=scaled("runtime", 8),
         gpu=1,
     params:
-        snakescope=snakescope_for("main"),
+        task=job_task("train_segmentation"),
+        digest=job_digest("train_segmentation"),
+        snakescope=snakescope_for("tensorflow"),
     shell:
         RUN
 
 
 rule train_classifier:
     input:
-        task=plan_path("train_classifier-{model}"),
         data=job_files("train_classifier"),
         after=job_waits_for("train_classifier"),
     output:
@@ -95,13 +94,15 @@ rule train_classifier:
         model=r"classifier_[23]d",
     retries: config["resources"]["retries"]
     conda:
-        "../../envs/tensorflow.yaml"
+        env_file("tensorflow")
     threads: config["resources"]["threads"]
     resources:
         mem_mb=scaled("mem_mb", 4),
         runtime=scaled("runtime", 4),
         gpu=1,
     params:
-        snakescope=snakescope_for("main"),
+        task=job_task("train_classifier"),
+        digest=job_digest("train_classifier"),
+        snakescope=snakescope_for("tensorflow"),
     shell:
         RUN

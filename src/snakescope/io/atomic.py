@@ -44,9 +44,11 @@ def atomic_path(final: str | Path) -> Iterator[Path]:
         if final.exists() or final.is_symlink():
             _remove(final)
         os.replace(tmp, final)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(OSError):
             _remove(tmp)
+        if isinstance(exc, OSError) and exc.filename is None:
+            exc.filename = str(final)  # a disk-full error then names the output it was writing
         raise
 
 

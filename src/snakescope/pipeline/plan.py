@@ -48,6 +48,8 @@ __all__ = ["STAGES", "Batch", "Job", "Plan", "digest_of", "manifest_path", "plan
 STAGES = ("prepare", "restore", "segment", "finish")
 RESULTS = "results"
 JOBS = f"{RESULTS}/jobs"
+#: Where the container image (envs/snakescope.def) holds the repository and its venvs.
+IMAGE_ROOT = "/opt/snakescope"
 #: A sample's segmentation: the NGFF labels group of its image (snakescope.io.labels).
 LABELS = "image.ome.zarr/labels"
 
@@ -60,7 +62,7 @@ SEGMENTATION_PREDICTION_KEYS = ("method", "prob_thresh", "nms_thresh", "block_si
 CLASSIFICATION_NOT_TRAINING = ("enabled", "model_2d", "model_3d")
 #: Config sections that change how the work is run, not its results: provenance leaves
 #: them out, so tuning them reruns nothing.
-NOT_RESULTS = ("batching", "local_envs", "resources")
+NOT_RESULTS = ("batching", "local_envs", "container", "resources")
 
 
 def digest_of(value) -> str:
@@ -120,6 +122,7 @@ class Plan:
         fields = [f.name for f in dataclasses.fields(Sample)]
         self._rows = {sid: {f: getattr(s, f) for f in fields} for sid, s in samples.items()}
         self._existing: dict[str, list[str]] = {}
+        self._checked: set[str] = set()
 
     def existing(self, pattern: str | None) -> list[str]:
         """:func:`existing_files`, remembered per pattern."""
@@ -285,13 +288,28 @@ class Plan:
     def stage_jobs(self, stage: str) -> list[Job]:
         return [self.jobs[f"{stage}-{b.id}"] for b in self.stage_batches(stage)]
 
-    def write_task(self, name: str, path: str | Path, log: str | Path | None = None) -> None:
-        from snakescope.io.atomic import write_json, write_text
+    def task_file(self, name: str) -> str:
+        """The path of a job's task file, (re)written first when its digest changed.
 
-        job = self.jobs[name]
-        write_json(path, {**job.task, "digest": job.digest}, sort_keys=False)
-        if log:
-            write_text(log, f"{name}: task {job.digest} written to {path}\n")
+        Snakemake asks for it while it builds the DAG (the rules' ``task`` input), so a task
+        file is written exactly when what its job must do changed, and its new modification
+        time is what reruns the job; an unchanged plan touches nothing. The digest leads the
+        file, so checking 600 task files reads 600 short headers.
+        """
+        from snakescope.io.atomic import write_text
+
+        path = plan_path(name)
+        if name not in self._checked:
+            job = self.jobs[name]
+            if _task_digest(Path(path)) != job.digest:
+                write_text(path, json.dumps({"digest": job.digest, **job.task}, indent=1, default=str) + "\n")
+            self._checked.add(name)
+        return path
+
+    def write_tasks(self) -> None:
+        """Every job's task file (for running jobs outside Snakemake, as the tests do)."""
+        for name in self.jobs:
+            self.task_file(name)
 
     # ---- per-stage sample work -----------------------------------------------------------
 
@@ -542,6 +560,18 @@ class Plan:
 
     def models(self) -> list[str]:
         return [j.outputs[0] for j in self.jobs.values() if j.task["kind"] == "train"]
+
+
+def _task_digest(path: Path) -> str | None:
+    """The digest at the head of a task file (None when there is none)."""
+    import re
+
+    try:
+        with open(path) as fh:
+            found = re.search(r'"digest": "(\w+)"', fh.read(256))
+    except OSError:
+        return None
+    return found.group(1) if found else None
 
 
 def step(inputs: dict, outputs: dict, options: dict | None = None, *, raw=(), models=()) -> dict:

@@ -47,7 +47,7 @@ log = logging.getLogger("snakescope.runner")
 __all__ = ["Context", "JobError", "SampleWork", "run_task", "signature"]
 
 #: OS errors that are the job's, not a sample's: retrying (elsewhere, with more room) helps.
-JOB_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO, errno.ESTALE, errno.ENOMEM}
+JOB_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EIO, errno.ESTALE, errno.ENOMEM}
 
 
 class JobError(Exception):
@@ -163,9 +163,10 @@ def _job_level(exc: BaseException) -> bool:
 
 def describe_job_error(exc: BaseException) -> str:
     """One line for a job-level failure, naming the file where there is one."""
-    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
         where = exc.filename or "the results folder"
-        return f"{where}: disk full ({exc.strerror}); free space or point the workflow at a larger disk, then rerun"
+        return (f"{where}: no room to write ({exc.strerror}); free space or point the workflow at a larger disk, "
+                "then rerun: finished samples are kept")
     if isinstance(exc, OSError):
         return f"{exc.filename or 'storage'}: {exc.strerror or exc}"
     if isinstance(exc, MemoryError):

@@ -53,11 +53,23 @@ def ingest(work, spec, ctx) -> None:
     from snakescope.ingest.normalize import normalize
 
     row, out = work.row, spec["outputs"]
+    _check_channel(row, work)
     storage = ctx.section("ingest")
     convert(row["image"], row.get("axes"), out["image"], name=work.sample, voxel_size=row.get("voxel_size"),
             settings=storage, threads=ctx.threads)
     normalize(out["image"], out["normalized"], out["stats"], settings=ctx.section("normalize"), storage=storage,
               threads=ctx.threads)
+
+
+def _check_channel(row: dict, work) -> None:
+    """The sheet's channel exists in the file (checked before anything is written)."""
+    from snakescope.io.tiff import open_tiff
+
+    source = open_tiff(row["image"], row.get("axes"))
+    n = source.shape[source.axes.upper().index("C")] if "C" in source.axes.upper() else 1
+    if not 0 <= work.channel < n:
+        raise InputError(source.where, f"channel {work.channel} of sample {work.sample} does not exist: the image has "
+                                       f"{n} channel(s), numbered from 0")
 
 
 def target(work, spec, ctx) -> None:

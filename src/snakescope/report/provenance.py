@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import platform
 import subprocess
@@ -22,6 +23,7 @@ def sha256(path: str | Path, block: int = 4 * 2**20) -> str:
     return digest.hexdigest()
 
 
+@functools.cache  # one lookup per job, not per sample
 def versions(packages=PACKAGES) -> dict:
     found = {"python": platform.python_version()}
     for name in packages:
@@ -32,6 +34,7 @@ def versions(packages=PACKAGES) -> dict:
     return found
 
 
+@functools.cache
 def git_commit(repo: str | Path) -> dict:
     """Commit of the workflow's checkout and whether it had uncommitted changes."""
     def run(*args):
@@ -53,7 +56,7 @@ def record(sample: dict, config: dict, input_files, repo: str | Path, env_versio
         "sample": sample,
         "config": config,
         "inputs": {str(f): {"sha256": sha256(f), "bytes": Path(f).stat().st_size} for f in input_files if Path(f).is_file()},
-        "software": {"main": versions(), **({"other_envs": env_versions} if env_versions else {})},
-        "workflow": {"repository": str(Path(repo).resolve()), **git_commit(repo)},
+        "software": {"main": dict(versions()), **({"other_envs": env_versions} if env_versions else {})},
+        "workflow": {"repository": str(Path(repo).resolve()), **git_commit(str(repo))},
         "platform": {"system": platform.platform(), "python_executable": sys.executable},
     }
