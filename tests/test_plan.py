@@ -101,4 +101,19 @@ def test_few_jobs_for_many_samples(tmp_path):
     ids = [f"s{i:03d}" for i in range(200)]
     plan = project(tmp_path, ids, batching={"max_samples": 100}, classification={"enabled": False})
     rules = sorted(j.rule for j in plan.jobs.values())
-    assert rules == ["finish", "finish", "prepare", "prepare", "segment", "segment", "train_segmentation"]
+    assert rules == ["finish", "finish", "prepare", "prepare", "segment", "segment", "summary", "train_segmentation"]
+
+
+def test_a_given_model_is_fine_tuned_on_labels_or_used_as_it_is(tmp_path):
+    model = tmp_path / "pretrained"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    plan = project(tmp_path, ["a", "b"], segmentation={"model_2d": str(model)})
+    job = plan.job("train_segmentation-stardist_2d")
+    assert job.task["parent"] == str(model) and str(model / "config.json") in job.inputs
+    tuned = job.task["config"]["segmentation"]["stardist"]
+    assert (tuned["epochs"], tuned["learning_rate"]) == (20, 0.0001)  # fine_tune's budget, not training's
+    assert plan.segmentation_model(2) == "results/models/stardist_2d"
+    plan = project(tmp_path, ["a", "b"], segmentation={"model_2d": str(model), "fine_tune": {"enabled": False}})
+    assert not [j for j in plan.jobs if j.startswith("train_segmentation")]
+    assert plan.segmentation_model(2) == str(model)

@@ -342,6 +342,22 @@ class Normalize(Section):
 
 
 @dataclass(frozen=True)
+class FineTune(Section):
+    """How a given model is trained further on the user's annotated samples."""
+
+    enabled: bool
+    epochs: int
+    steps_per_epoch: int
+    learning_rate: float
+    time_limit: float | None
+
+
+@dataclass(frozen=True)
+class FineTuneEncoder(FineTune):
+    freeze_encoder: bool
+
+
+@dataclass(frozen=True)
 class CARETraining(Section):
     patch_shape: list
     patch_depth: int
@@ -387,6 +403,7 @@ class Restoration(Section):
     model_3d: str | None
     train_samples: str | list
     block_shape: dict | None
+    fine_tune: FineTune
     n2v: N2VTraining
     care: CARETraining
 
@@ -437,6 +454,7 @@ class Segmentation(Section):
     min_overlap: int
     context: int | None
     scatter: dict
+    fine_tune: FineTuneEncoder
     stardist: StarDistTraining
     stardist_3d: dict
     unet: UNetTraining
@@ -461,6 +479,7 @@ class Classification(Section):
     enabled: bool
     model_2d: str | None
     model_3d: str | None
+    fine_tune: FineTuneEncoder
     patch_folder_2d: str | None
     patch_folder_3d: str | None
     patch_size: list

@@ -109,6 +109,8 @@ rule segment_part:
         RUN
 
 
+# QC, evaluations (StarDist's matching), tracking, provenance: the TensorFlow family's env
+# holds every library they use; no GPU is asked for.
 rule finish:
     input:
         data=job_files("finish"),
@@ -121,7 +123,7 @@ rule finish:
         "benchmarks/finish-{batch}.tsv"
     retries: config["resources"]["retries"]
     conda:
-        env_file("imaging")
+        env_file("tensorflow")
     threads: config["resources"]["threads"]
     resources:
         mem_mb=scaled("mem_mb", 2),
@@ -129,6 +131,6 @@ rule finish:
     params:
         task=job_task("finish"),
         digest=job_digest("finish"),
-        snakescope=snakescope_for("imaging"),
+        snakescope=snakescope_for("tensorflow"),
     shell:
         RUN

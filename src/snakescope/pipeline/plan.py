@@ -152,14 +152,30 @@ class Plan:
         return tuple(s.sample_id for s in self.of_ndim(ndim)
                      if self._chosen(r.train_samples, s.sample_id) and (r.method != "care" or s.target))
 
-    def restoration_model(self, ndim: int) -> str | None:
-        r = self.config.restoration
-        if r.method == "none":
-            return None
-        given = getattr(r, f"model_{ndim}d")
+    def learner(self, kind: str, ndim: int) -> tuple[str | None, str | None]:
+        """(the model a stage uses, the model it is trained from or None) for ``kind``
+        (restoration, segmentation, classification) and a dimensionality.
+
+        A model given in the config is fine-tuned on the samples with annotations (its
+        ``fine_tune`` section) into results/models, or used as it is without them; with none
+        given, one is trained from scratch where there are annotations; else there is none.
+        """
+        section = getattr(self.config, kind)
+        method = "classifier" if kind == "classification" else section.method
+        if method == "none" or (kind == "classification" and not section.enabled):
+            return None, None
+        given = getattr(section, f"model_{ndim}d")
+        data = {"restoration": self.restoration_training_samples, "segmentation": self.segmentation_training_samples,
+                "classification": self.classifier_training_samples}[kind](ndim)
+        if kind == "classification":
+            data = data or getattr(section, f"patch_folder_{ndim}d")
+        trained = f"{RESULTS}/models/{method}_{ndim}d"
         if given:
-            return given
-        return f"{RESULTS}/models/{r.method}_{ndim}d" if self.restoration_training_samples(ndim) else None
+            return (trained, given) if data and section.fine_tune.enabled else (given, None)
+        return (trained, None) if data else (None, None)
+
+    def restoration_model(self, ndim: int) -> str | None:
+        return self.learner("restoration", ndim)[0]
 
     def restored(self, sid: str) -> bool:
         return self.restoration_model(self._ndim[sid]) is not None
@@ -174,13 +190,7 @@ class Plan:
         return tuple(s.sample_id for s in self.of_ndim(ndim) if s.labels and self._chosen(seg.train_samples, s.sample_id))
 
     def segmentation_model(self, ndim: int) -> str | None:
-        seg = self.config.segmentation
-        if seg.method == "none":
-            return None
-        given = getattr(seg, f"model_{ndim}d")
-        if given:
-            return given
-        return f"{RESULTS}/models/{seg.method}_{ndim}d" if self.segmentation_training_samples(ndim) else None
+        return self.learner("segmentation", ndim)[0]
 
     def segmented(self, sid: str) -> bool:
         return self.segmentation_model(self._ndim[sid]) is not None
@@ -190,15 +200,7 @@ class Plan:
         return tuple(s.sample_id for s in self.of_ndim(ndim) if s.points)
 
     def classifier_model(self, ndim: int) -> str | None:
-        c = self.config.classification
-        if not c.enabled:
-            return None
-        given = getattr(c, f"model_{ndim}d")
-        if given:
-            return given
-        if self.classifier_training_samples(ndim) or getattr(c, f"patch_folder_{ndim}d"):
-            return f"{RESULTS}/models/classifier_{ndim}d"
-        return None
+        return self.learner("classification", ndim)[0]
 
     def classified(self, sid: str) -> bool:
         return self.segmented(sid) and self.classifier_model(self._ndim[sid]) is not None
@@ -458,44 +460,57 @@ class Plan:
     # ---- training -----------------------------------------------------------------------
 
     def _training_jobs(self) -> list[Job]:
+        """One job per model trained here, from scratch or fine-tuned from a given one."""
         jobs = []
         c = self.config
         for nd in (2, 3):
             r = c.restoration
-            if r.method != "none" and not getattr(r, f"model_{nd}d") and self.restoration_training_samples(nd):
+            model, parent = self.learner("restoration", nd)
+            if model and model.startswith(RESULTS):
+                ids = self.restoration_training_samples(nd)
                 sources = [{"sample": sid, "image": sample_path(sid, "normalized.ome.zarr"),
                             "target": sample_path(sid, "target.ome.zarr") if r.method == "care" else None,
-                            "channel": self.samples[sid].channel} for sid in self.restoration_training_samples(nd)]
-                settings = {"restoration": {"method": r.method, r.method: dataclasses.asdict(r.training())},
+                            "channel": self.samples[sid].channel} for sid in ids]
+                settings = {"restoration": {"method": r.method, r.method: self._tuned(r.training(), r.fine_tune, parent)},
                             "normalize": dataclasses.asdict(c.normalize)}
-                jobs.append(self._train_job("train_restoration", f"{r.method}_{nd}d", nd, sources, settings,
-                                            self.restoration_training_samples(nd)))
+                jobs.append(self._train_job("train_restoration", model, nd, sources, settings, ids, parent=parent))
             seg = c.segmentation
-            if seg.method != "none" and not getattr(seg, f"model_{nd}d") and self.segmentation_training_samples(nd):
+            model, parent = self.learner("segmentation", nd)
+            if model and model.startswith(RESULTS):
                 ids = self.segmentation_training_samples(nd)
                 sources = [{"sample": sid, "image": self.analysis_image(sid), "labels": self.samples[sid].labels,
                             "channel": self.samples[sid].channel} for sid in ids]
                 training = seg.stardist_for(nd) if seg.method == "stardist" else seg.unet_for(nd)
                 settings = {"segmentation": {**{k: getattr(seg, k) for k in SEGMENTATION_TRAINING_KEYS},
-                                             seg.method: dataclasses.asdict(training)},
+                                             seg.method: self._tuned(training, seg.fine_tune, parent)},
                             "upstream": self._image_recipe(ids)}
-                jobs.append(self._train_job("train_segmentation", f"{seg.method}_{nd}d", nd, sources, settings, ids,
+                jobs.append(self._train_job("train_segmentation", model, nd, sources, settings, ids, parent=parent,
                                             split=f"{seg.split_dir}/{seg.method}_{nd}d.json"))
             cl = c.classification
-            folder = getattr(cl, f"patch_folder_{nd}d")
+            model, parent = self.learner("classification", nd)
             segmented = any(self.segmented(s.sample_id) for s in self.of_ndim(nd))
-            if (cl.enabled and segmented and not getattr(cl, f"model_{nd}d")
-                    and (self.classifier_training_samples(nd) or folder)):
+            if model and model.startswith(RESULTS) and segmented:
                 ids = self.classifier_training_samples(nd)
                 sources = [{"sample": sid, "image": self.analysis_image(sid), "points": self.samples[sid].points,
                             "channel": self.samples[sid].channel} for sid in ids]
-                settings = {"classification": {k: v for k, v in dataclasses.asdict(cl).items()
-                                               if k not in CLASSIFICATION_NOT_TRAINING},
+                tuned = self._tuned(cl, cl.fine_tune, parent)
+                settings = {"classification": {k: v for k, v in tuned.items() if k not in CLASSIFICATION_NOT_TRAINING},
                             "upstream": self._image_recipe(ids)}
-                jobs.append(self._train_job("train_classifier", f"classifier_{nd}d", nd, sources, settings, ids,
+                jobs.append(self._train_job("train_classifier", model, nd, sources, settings, ids, parent=parent,
                                             split=f"{c.segmentation.split_dir}/classifier_{nd}d.csv",
-                                            patch_folder=folder))
+                                            patch_folder=getattr(cl, f"patch_folder_{nd}d")))
         return jobs
+
+    @staticmethod
+    def _tuned(training, fine_tune, parent) -> dict:
+        """A learner's training settings; fine-tuning a given model replaces the budget, the
+        learning rate and (where the learner has one) the time limit by ``fine_tune``'s."""
+        settings = dataclasses.asdict(training)
+        if parent:
+            for key in ("epochs", "steps_per_epoch", "learning_rate", "time_limit"):
+                if key in settings:
+                    settings[key] = getattr(fine_tune, key)
+        return settings
 
     def _image_recipe(self, ids) -> dict:
         """What the training images of ``ids`` depend on besides their files: normalization,
@@ -503,25 +518,32 @@ class Plan:
         restored = sorted({self.restoration_model(self._ndim[sid]) for sid in ids if self.restored(sid)})
         return {"normalize": dataclasses.asdict(self.config.normalize), "restoration_models": restored}
 
-    def _train_job(self, rule, model, nd, sources, settings, ids, *, split=None, patch_folder=None) -> Job:
+    def _train_job(self, rule, out, nd, sources, settings, ids, *, parent=None, split=None,
+                   patch_folder=None) -> Job:
         """A training job; it waits for the stage that wrote its images: prepare for the
-        restoration models (they learn from normalized images), else the analysis images."""
-        out = f"{RESULTS}/models/{model}"
+        restoration models (they learn from normalized images), else the analysis images.
+        ``parent``: the given model it fine-tunes (a change to its files retrains)."""
+        model = Path(out).name
         name = f"{rule}-{model}"
         restored = (lambda sid: False) if rule == "train_restoration" else self.restored
         after = sorted({manifest_path("restore" if restored(sid) else "prepare", self.batch_of[sid]) for sid in ids})
         outputs = {"model": out, "curve": f"{out}_training.png"}
         if rule == "train_classifier":
             outputs["confusion"] = f"{out}_confusion.png"
+        fine_tune = getattr(self.config, {"train_restoration": "restoration", "train_segmentation": "segmentation",
+                                          "train_classifier": "classification"}[rule]).fine_tune
         task = {"kind": "train", "job": name, "learner": model.rsplit("_", 1)[0], "ndim": nd,
                 "seed": self.config.seed, "config": settings, "sources": sources, "split": split,
-                "patch_folder": patch_folder, "upstream_manifests": after, "outputs": outputs}
+                "patch_folder": patch_folder, "upstream_manifests": after, "outputs": outputs,
+                "parent": parent, "freeze_encoder": bool(parent and getattr(fine_tune, "freeze_encoder", False))}
         inputs = [f for src in sources for key in ("labels", "points") for f in self.existing(src.get(key))]
         inputs += [f for sid in ids for f in self.existing(self.samples[sid].image)]
         inputs += [f for sid in ids for f in self.existing(self.samples[sid].target)]
         inputs += sorted(set(settings.get("upstream", {}).get("restoration_models", [])))
         if patch_folder:
             inputs += existing_files_recursive(patch_folder)
+        if parent:
+            inputs += existing_files_recursive(parent)
         return Job(name, rule, task, inputs=sorted(set(inputs)), after=after, outputs=list(outputs.values()))
 
     # ---- outputs gathered over samples ------------------------------------------------------

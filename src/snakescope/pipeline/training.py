@@ -65,6 +65,13 @@ def train_model(task: dict, ctx) -> None:
         shutil.copyfile(curve, tmp)
 
 
+def _fine_tuning(task: dict) -> dict:
+    """The keyword arguments that make a learner fine-tune the task's parent model."""
+    if not task.get("parent"):
+        return {}
+    return {"parent": task["parent"], **({"freeze_encoder": True} if task["freeze_encoder"] else {})}
+
+
 def _train_segmentation(task: dict, ctx) -> None:
     """StarDist or the U-Net from the labelled samples; the split is saved once and reused."""
     from snakescope.segmentation.training_data import TrainingSource, load_pairs
@@ -84,14 +91,16 @@ def _train_segmentation(task: dict, ctx) -> None:
     pairs = {key: pair for part in loaded for key, pair in part.items()}
     split = make_or_load_split(pairs, task["split"], seg["validation_fraction"], task["seed"])
     out = task["outputs"]["model"]
+    tuning = _fine_tuning(task)
     if learner == "stardist":
         from snakescope.segmentation.stardist import train_stardist
 
-        train_stardist(pairs, out, StarDistTraining.from_dict(seg["stardist"]), split=split, seed=task["seed"])
+        train_stardist(pairs, out, StarDistTraining.from_dict(seg["stardist"]), split=split, seed=task["seed"],
+                       **tuning)
     else:
         from snakescope.segmentation.unet import train_unet
 
-        train_unet(pairs, out, UNetTraining.from_dict(seg["unet"]), split=split, seed=task["seed"])
+        train_unet(pairs, out, UNetTraining.from_dict(seg["unet"]), split=split, seed=task["seed"], **tuning)
     _record_data(out, used, problems)
 
 
@@ -123,7 +132,7 @@ def _train_restoration(task: dict, ctx) -> None:
     settings = (N2VTraining if method == "n2v" else CARETraining).from_dict(task["config"]["restoration"][method])
     sources, problems = usable_sources(task, _existing_image)
     images = [restoration.as_source(s["image"], s["channel"], s["sample"]) for s in sources]
-    common = dict(seed=task["seed"], ndim=task["ndim"], threads=ctx.threads)
+    common = dict(seed=task["seed"], ndim=task["ndim"], threads=ctx.threads, parent=task.get("parent"))
     if method == "n2v":
         restoration.train_n2v(images, out, settings, **common)
     else:
@@ -159,7 +168,10 @@ def _train_classifier(task: dict, ctx) -> None:
         shape = cl.patch_size_for(settings, task["ndim"]) if parts else None
         parts.append(cl.training_patches_from_folder(task["patch_folder"], settings, task["ndim"], spatial_shape=shape))
     data = cl.concatenate_patches(parts)
+    tuning = {}
+    if task.get("parent"):  # transfer from the given classifier (its convolutions; a new head if classes differ)
+        tuning = {"pretrained_weights": task["parent"], "freeze_pretrained": task["freeze_encoder"]}
     cl.train_classifier(data.patches, data.labels, out, settings, seed=task["seed"], split_path=task["split"],
-                        ids=data.ids, sources=data.sources)
+                        ids=data.ids, sources=data.sources, **tuning)
     cl.write_training_confusion(out, task["outputs"]["confusion"])
     _record_data(out, used, problems)
