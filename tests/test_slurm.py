@@ -451,8 +451,7 @@ def test_profile_names_existing_rules():
     profile = yaml.safe_load((PROFILE / "config.yaml").read_text())
     proc = subprocess.run([str(MAIN_PYTHON), "-m", "snakemake", "--list-rules",
                            "--snakefile", str(REPO / "workflow" / "Snakefile"),
-                           "--configfile", str(REPO / "config" / "config.yaml"),
-                           "--config", "samples=" + str(REPO / "tests" / "data" / "lint_samples.tsv")],
+                           "--directory", str(REPO / ".test")],
                           capture_output=True, text=True, cwd=REPO, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     rules = set(proc.stdout.split())

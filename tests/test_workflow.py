@@ -193,8 +193,11 @@ def test_lint_and_snakefmt_clean():
     fmt = subprocess.run([python, "-m", "snakefmt", "--check", str(REPO / "workflow")], capture_output=True, text=True)
     assert fmt.returncode == 0, fmt.stdout + fmt.stderr
     lint = subprocess.run([python, "-m", "snakemake", "--lint", "--snakefile", str(REPO / "workflow" / "Snakefile"),
-                           "--configfile", str(REPO / "config" / "config.yaml"), "--config",
-                           "samples=" + str(REPO / "tests" / "data" / "lint_samples.tsv")],
+                           "--directory",
+                           str(REPO / ".test")],
                           capture_output=True, text=True, cwd=REPO)
     assert lint.returncode == 0, lint.stdout + lint.stderr
     assert "in a good condition" in lint.stdout + lint.stderr
+    dry = subprocess.run([python, "-m", "snakemake", "--dry-run", "--snakefile", str(REPO / "workflow" / "Snakefile"),
+                          "--directory", str(REPO / ".test")], capture_output=True, text=True, cwd=REPO)
+    assert dry.returncode == 0 and "does/not/exist.tif not found" in dry.stdout + dry.stderr, dry.stderr[-2000:]

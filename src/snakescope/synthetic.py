@@ -24,6 +24,10 @@ Model, in short
   blanked band, which the microscope leaves at exactly 0 in every frame and channel.
 
 Only numpy, scipy and pandas are imported at module level; tifffile is imported on write.
+
+The module is longer than the project's usual 600 lines on purpose: the simulation, its
+rendering and the writing of its ground truth share one model of a cell (`_Cell`) and one
+seeded random stream, and read best in one place.
 """
 
 from __future__ import annotations
