@@ -163,3 +163,31 @@ def test_model_folders_are_checked_with_the_config(tmp_path):
     assert any("segmentation.model_2d" in p and "does not exist" in p for p in problems)
     assert any("segmentation.model_3d" in p and "is empty" in p for p in problems)
     assert any("classification.patch_folder_2d" in p for p in problems)
+
+
+def test_typed_settings_mirror_the_schema_and_every_key_has_a_default():
+    """Each settings dataclass has exactly its schema section's keys, and every key of a
+    section has a default in the schema (the one place defaults live); override sections
+    (stardist_3d, unet_3d) are the exception: they hold what differs."""
+    import dataclasses
+    import typing
+
+    from snakescope import settings
+
+    schema = settings.load_schema("config")
+
+    def check(cls, section: dict, path: str):
+        hints = typing.get_type_hints(cls)
+        names = {f.name for f in dataclasses.fields(cls)}
+        assert names == set(section["properties"]), f"{path}: {names ^ set(section['properties'])}"
+        for name, prop in section["properties"].items():
+            where = f"{path}.{name}" if path else name
+            if name in ("stardist_3d", "unet_3d"):
+                continue
+            assert "default" in prop, f"{where} has no default in the schema"
+            kind = hints[name]
+            if isinstance(kind, type) and issubclass(kind, settings.Section):
+                check(kind, prop, where)
+
+    check(settings.Config, schema, "")
+    assert settings.defaults().segmentation.stardist_for(3).patch_size == [32, 96, 96]
