@@ -208,3 +208,36 @@ def test_real_dsb2018_image_round_trip(tmp_path):
     path = folder / "images" / f"{first}.tif"
     ingest(path, "YX", tmp_path / "o.ome.zarr", name="real")
     np.testing.assert_array_equal(read_level0(tmp_path / "o.ome.zarr"), tifffile.imread(path))
+
+
+def test_written_image_equals_what_ome_zarr_py_writes(tmp_path):
+    """Our streaming writer against ome-zarr-py's write_image (NGFF 0.4) on the same data:
+    the same axes, the same levels with the same scale transforms, the same full-resolution
+    values. The pyramid's downsampled levels both keep one pixel of each 2 x 2 block
+    (nearest neighbour): ours the first, theirs the last. Ours adds units, omero display
+    metadata and the provenance block; level names differ (ours "0", "1": theirs "s0", "s1")."""
+    import zarr
+    from ome_zarr.format import FormatV04
+    from ome_zarr.writer import write_image
+
+    data = np.random.default_rng(0).integers(0, 4000, (2, 3, 64, 80), dtype=np.uint16)
+    tifffile.imwrite(tmp_path / "t.tif", data, imagej=True, metadata={"axes": "TZYX"})
+    ingest(tmp_path / "t.tif", "TZYX", tmp_path / "ours.ome.zarr", name="s",
+           voxel_size={"z": 2.0, "y": 0.5, "x": 0.5, "t": 60}, settings=defaults().ingest.replace(pyramid_levels=1))
+    theirs = zarr.open_group(str(tmp_path / "theirs.ome.zarr"), mode="w", zarr_format=2)
+    write_image(data, theirs, scale_factors=[2], method="nearest", fmt=FormatV04(), axes="tzyx",
+                coordinate_transformations=[[{"type": "scale", "scale": [60.0, 2.0, 0.5, 0.5]}],
+                                            [{"type": "scale", "scale": [60.0, 2.0, 1.0, 1.0]}]])
+    ours = zarr.open_group(str(tmp_path / "ours.ome.zarr"), mode="r")
+    ms_ours, ms_theirs = ours.attrs["multiscales"][0], theirs.attrs["multiscales"][0]
+    assert [(a["name"], a["type"]) for a in ms_ours["axes"]] == [(a["name"], a["type"]) for a in ms_theirs["axes"]]
+    assert len(ms_ours["datasets"]) == len(ms_theirs["datasets"]) == 2
+    for mine, other in zip(ms_ours["datasets"], ms_theirs["datasets"]):
+        assert mine["coordinateTransformations"] == other["coordinateTransformations"]
+    (mine0, mine1), (other0, other1) = ([group[d["path"]][...] for d in ms["datasets"]]
+                                        for group, ms in ((ours, ms_ours), (theirs, ms_theirs)))
+    np.testing.assert_array_equal(mine0, data)
+    np.testing.assert_array_equal(other0, data)
+    np.testing.assert_array_equal(mine1, data[..., ::2, ::2])
+    np.testing.assert_array_equal(other1, data[..., 1::2, 1::2])
+    assert ms_ours["version"] == ms_theirs["version"] == "0.4"

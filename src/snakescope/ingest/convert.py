@@ -18,16 +18,17 @@ log = logging.getLogger(__name__)
 
 
 class _Stats:
-    """Running min, max and NaN count over the blocks seen so far."""
+    """Running min, max (overall and per channel) and NaN/infinity counts over the blocks seen."""
 
     def __init__(self):
         self.min = np.inf
         self.max = -np.inf
+        self.channels: dict[int, list[float]] = {}
         self.nan = 0
         self.inf = 0
         self.count = 0
 
-    def add(self, block: np.ndarray) -> None:
+    def add(self, block: np.ndarray, channel: int = 0) -> None:
         if block.dtype.kind == "f":
             nans = int(np.count_nonzero(np.isnan(block)))
             self.nan += nans
@@ -39,6 +40,8 @@ class _Stats:
             lo, hi = block.min(), block.max()
         self.min = min(self.min, float(lo))
         self.max = max(self.max, float(hi))
+        seen = self.channels.setdefault(channel, [np.inf, -np.inf])
+        seen[0], seen[1] = min(seen[0], float(lo)), max(seen[1], float(hi))
         self.count += block.size
 
 
@@ -84,15 +87,20 @@ def ingest(
             raise InputError(where, f"cannot read pixel data ({type(exc).__name__}: {exc}); the file is truncated or corrupt") from None
         block = np.transpose(block, order)
         ngff.write_block(levels, axes_out, region, block, pyramid_method)
-        return block
+        return region, block
 
     with atomic_path(out) as tmp:
         group = ngff.open_group(tmp, "w")
         shapes = ngff.pyramid_shapes(axes_out, shape, pyramid_levels)
         levels = ngff.create_levels(group, shapes, chunk_shape, dtype, compression)
         regions = ngff.pyramid_slabs(axes_out, shape, levels[min(1, len(levels) - 1)].chunks, dtype.itemsize)
-        for block in ngff.map_blocks_bounded(copy, regions, workers):
-            stats.add(block)
+        for region, block in ngff.map_blocks_bounded(copy, regions, workers):
+            if "c" in axes_out:  # a slab may hold several channels: each gets its own range
+                ci = axes_out.index("c")
+                for k, channel in enumerate(range(region[ci].start, region[ci].stop)):
+                    stats.add(np.take(block, k, axis=ci), channel)
+            else:
+                stats.add(block)
         if stats.nan or stats.inf:
             what = " and ".join(f"{n} {kind}" for n, kind in ((stats.nan, "NaN"), (stats.inf, "infinite")) if n)
             raise InputError(where, f"{what} values in the float image data; replace them (e.g. by the mask value) "
@@ -102,7 +110,10 @@ def ingest(
         ngff.write_pyramid(group, axes_out, shapes, chunk_shape, dtype, compression, workers, pyramid_method, first=2)
         scale = ngff.scale_for(axes_out, voxel_size or {})
         group.attrs["multiscales"] = [ngff.multiscales_metadata(axes_out, scale, len(shapes), name, method=pyramid_method)]
-        group.attrs["omero"] = _omero(axes_out, shape, stats, name)
+        n_channels = shape[axes_out.index("c")] if "c" in axes_out else 1
+        windows = [(lo, hi, lo, hi) for lo, hi in (stats.channels.get(c, (stats.min, stats.max))
+                                                   for c in range(n_channels))]
+        group.attrs["omero"] = ngff.omero_metadata(name, windows, source.channel_names)
         summary = {
             "source_files": [str(f) for f in source.files],
             "source_axes": source.axes,
@@ -117,22 +128,3 @@ def ingest(
         group.attrs["snakescope"] = {"ingest": summary}
     log.info("wrote %s (%d levels, min %g, max %g)", out, len(shapes), stats.min, stats.max)
     return summary
-
-
-def _omero(axes: str, shape, stats: _Stats, name: str) -> dict:
-    """Display settings so viewers open the image with a sensible contrast window."""
-    n_channels = shape[axes.index("c")] if "c" in axes else 1
-    colors = ["FFFFFF", "00FF00", "FF00FF", "00FFFF", "FFFF00", "FF0000"]
-    return {
-        "name": name,
-        "version": ngff.NGFF_VERSION,
-        "channels": [
-            {
-                "label": f"channel {i}",
-                "color": colors[i % len(colors)],
-                "active": True,
-                "window": {"min": stats.min, "max": stats.max, "start": stats.min, "end": stats.max},
-            }
-            for i in range(n_channels)
-        ],
-    }

@@ -180,6 +180,23 @@ def _describe(key) -> str:
     return "the whole image" if not key else ", ".join(f"{a}={i}" for a, i in key)
 
 
+def _display(image: ngff.NgffImage, stats: dict, name: str) -> dict:
+    """omero display metadata of the normalized image: per channel the input's name and its
+    range mapped through that channel's normalization; the window shown is the percentile
+    range (0 to 1), or 3 standard deviations either side for z-scores."""
+    channels = image.attrs.get("omero", {}).get("channels", [])
+    n = image.shape[image.axes.index("c")] if "c" in image.axes else 1
+    windows, labels = [], []
+    for c in range(n):
+        group = next((g for g in stats["groups"] if g["group"].get("c", c) == c), stats["groups"][0])
+        raw = channels[c]["window"] if c < len(channels) else {"min": group["offset"], "max": group["offset"]}
+        lo, hi = ((raw[k] - group["offset"]) / group["divisor"] for k in ("min", "max"))
+        shown = (0.0, 1.0) if stats["method"] == "percentile" else (-3.0, 3.0)
+        windows.append((lo, hi, *shown))
+        labels.append(channels[c]["label"] if c < len(channels) else f"channel {c}")
+    return ngff.omero_metadata(name, windows, labels)
+
+
 def normalize(in_path: str | Path, out_path: str | Path, stats_path: str | Path, *,
               settings: Normalize | None = None, storage: Ingest | None = None, threads: int = 2) -> dict:
     """Write a float32 normalized copy of an NGFF image and the statistics used (JSON).
@@ -222,6 +239,7 @@ def normalize(in_path: str | Path, out_path: str | Path, stats_path: str | Path,
         ngff.write_pyramid(group, axes, shapes, data.chunks, np.float32, compression, threads, pyramid_method, first=2)
         ms = ngff.multiscales_metadata(axes, image.scale, len(shapes), image.attrs["multiscales"][0].get("name", ""), method=pyramid_method)
         group.attrs["multiscales"] = [ms]
+        group.attrs["omero"] = _display(image, stats, ms["name"])
         group.attrs["snakescope"] = {"normalize": stats}
     write_json(stats_path, stats)
     log.info("normalized %s -> %s (%s, %d groups)", in_path, out_path, method, len(stats["groups"]))

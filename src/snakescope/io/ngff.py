@@ -94,6 +94,25 @@ def multiscales_metadata(
     }
 
 
+#: Display colours of channels 0, 1, 2, ... (omero metadata).
+CHANNEL_COLORS = ("FFFFFF", "00FF00", "FF00FF", "00FFFF", "FFFF00", "FF0000")
+
+
+def omero_metadata(name: str, windows: Sequence[tuple[float, float, float, float]],
+                   labels: Sequence[str] | None = None) -> dict:
+    """The NGFF ``omero`` display block: per channel a label, a colour and a contrast window
+    (``min``/``max``: the data's range; ``start``/``end``: what viewers show at first)."""
+    labels = list(labels or [f"channel {i}" for i in range(len(windows))])
+    return {
+        "name": name,
+        "version": NGFF_VERSION,
+        "rdefs": {"model": "color" if len(windows) > 1 else "greyscale"},
+        "channels": [{"label": str(label), "color": CHANNEL_COLORS[i % len(CHANNEL_COLORS)], "active": True,
+                      "window": {"min": float(lo), "max": float(hi), "start": float(start), "end": float(end)}}
+                     for i, ((lo, hi, start, end), label) in enumerate(zip(windows, labels))],
+    }
+
+
 def scale_for(axes: str, voxel_size: dict) -> list[float]:
     """Per-axis scale from a voxel size dict such as {'z': 2.0, 'y': 0.5, 'x': 0.5, 't': 60}."""
     return [float(voxel_size.get(a, 1.0)) for a in axes]

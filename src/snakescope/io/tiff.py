@@ -54,6 +54,7 @@ class TiffSource:
     axes: str
     array: object = field(repr=False)
     file_axes: str | None = None
+    channel_names: list[str] | None = None  # from the file's OME or ImageJ metadata
 
     @property
     def shape(self):
@@ -153,6 +154,7 @@ def open_tiff(image: str | Path, axes: str | None) -> TiffSource:
         file_axes = _file_axes(series)
         page_shape, page_dtype = tuple(series.shape), series.dtype
         contiguous_offset = series.dataoffset
+        channel_names = _channel_names(first)
     finally:
         first.close()
 
@@ -193,4 +195,19 @@ def open_tiff(image: str | Path, axes: str | None) -> TiffSource:
         raise InputError(where, f"empty image (shape {shape})")
     if array.dtype.kind not in "uif":
         raise InputError(where, f"unsupported pixel type {array.dtype} (need integer or float)")
-    return TiffSource(files=files, axes=axes, array=array, file_axes=file_axes)
+    n_channels = shape[axes.index("C")] if "C" in axes else 1
+    if channel_names is not None and len(channel_names) != n_channels:
+        channel_names = None  # names of another layout (e.g. a different series): not these channels
+    return TiffSource(files=files, axes=axes, array=array, file_axes=file_axes, channel_names=channel_names)
+
+
+def _channel_names(tf) -> list[str] | None:
+    """Channel names from an OME-TIFF's OME-XML (Channel Name) or an ImageJ file's Labels."""
+    import re
+
+    if tf.ome_metadata:
+        names = re.findall(r"<Channel\b[^>]*?\bName=\"([^\"]*)\"", tf.ome_metadata)
+        if names:
+            return names
+    labels = (tf.imagej_metadata or {}).get("Labels")
+    return list(labels) if isinstance(labels, list) and labels else None

@@ -85,11 +85,11 @@ class Context:
 
     def section(self, name: str):
         """A config section of the task as its typed settings object."""
+        import typing
+
         from snakescope import settings
 
-        kind = {f.name: f.type for f in __import__("dataclasses").fields(settings.Config)}[name]
-        cls = getattr(settings, kind) if isinstance(kind, str) else kind
-        return cls.from_dict(self.config[name])
+        return typing.get_type_hints(settings.Config)[name].from_dict(self.config[name])
 
 
 # ---- signatures and stamps ---------------------------------------------------------------
@@ -194,10 +194,9 @@ def run_sample(stage: str, work: SampleWork, context: Context, steps_registry) -
                     raise
                 if isinstance(exc, InputError):
                     message = str(exc)
-                else:
+                else:  # the traceback goes to the sample's log; the one line to the manifest
                     message = f"sample {work.sample} ({name}): unexpected {type(exc).__name__}: {exc}"
-                    log.debug("%s", traceback.format_exc())
-                    logging.getLogger("snakescope").error("%s", traceback.format_exc())
+                    log.error("%s", traceback.format_exc())
                 log.error("%s", message)
                 entry.update(status="failed", step=name, error=message)
                 break
