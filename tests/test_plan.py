@@ -101,7 +101,8 @@ def test_few_jobs_for_many_samples(tmp_path):
     ids = [f"s{i:03d}" for i in range(200)]
     plan = project(tmp_path, ids, batching={"max_samples": 100}, classification={"enabled": False})
     rules = sorted(j.rule for j in plan.jobs.values())
-    assert rules == ["finish", "finish", "prepare", "prepare", "segment", "segment", "summary", "train_segmentation"]
+    assert rules == ["export_model", "finish", "finish", "prepare", "prepare", "segment", "segment", "summary",
+                     "train_segmentation"]
 
 
 def test_a_given_model_is_fine_tuned_on_labels_or_used_as_it_is(tmp_path):

@@ -24,10 +24,11 @@ from pathlib import Path
 
 import yaml
 
+from snakescope.io.formats import is_vendor_file
 from snakescope.io.tiff import expand_image_path
 
 SCHEMA_DIR = Path(__file__).resolve().parents[2] / "workflow" / "schemas"
-SHEET_COLUMNS = ("sample_id", "image", "axes", "voxel_size", "time_interval", "channel",
+SHEET_COLUMNS = ("sample_id", "image", "axes", "voxel_size", "time_interval", "channel", "scene",
                  "labels", "tracks", "points", "target", "class_truth")
 
 
@@ -52,15 +53,16 @@ class Sample:
     points: str | None = None
     target: str | None = None
     class_truth: str | None = None
+    scene: str | None = None
 
     def spatial_ndim(self) -> int:
         """2 or 3, from the axes (or, where the sheet leaves them out, the file's metadata)."""
         axes = self.axes
         if not axes:
-            from snakescope.io.tiff import open_tiff
+            from snakescope.io.formats import open_image
 
             try:
-                axes = open_tiff(self.image, None).axes
+                axes = open_image(self.image, None, self.scene).axes
             except Exception:  # the ingest job reports the real problem
                 return 2
         return 3 if "Z" in axes.upper() else 2
@@ -115,7 +117,56 @@ def validate_config(config: dict, where: str = "config") -> tuple[dict, list[str
         n2v_only = sorted(set(restoration["care"]) & N2V_ONLY_KEYS)
         if n2v_only:
             problems.append(f"{where}: key 'restoration.care': {', '.join(n2v_only)} only apply to N2V (the n2v section)")
+    problems += _sweep_problems(config, where)
     return config, sorted(problems)
+
+
+#: Where each learner's training settings live in the config (section, subsection or None).
+SWEEP_SECTIONS = {"stardist": ("segmentation", "stardist"), "unet": ("segmentation", "unet"),
+                  "n2v": ("restoration", "n2v"), "care": ("restoration", "care"), "classifier": ("classification", None)}
+#: Classification keys that are not training settings (nothing to sweep).
+CLASSIFIER_NOT_SWEPT = ("enabled", "model_2d", "model_3d", "fine_tune", "patch_folder_2d", "patch_folder_3d")
+#: Learners with a validation F1 (sweep.metric val_f1).
+F1_LEARNERS = ("stardist", "unet")
+
+
+def sweep_settings(learner: str) -> tuple[str, ...]:
+    """The training settings of ``learner`` a sweep may vary."""
+    cls = {"stardist": StarDistTraining, "unet": UNetTraining, "n2v": N2VTraining, "care": CARETraining,
+           "classifier": Classification}[learner]
+    return tuple(f.name for f in dataclasses.fields(cls) if f.name not in CLASSIFIER_NOT_SWEPT)
+
+
+def _sweep_problems(config: dict, where: str) -> list[str]:
+    """Each swept key is a training setting of its model's learner, each value one that
+    setting takes (checked by the schema, as if written in the learner's section)."""
+    sweep = config.get("sweep")
+    models = sweep.get("models") if isinstance(sweep, dict) else None
+    if not isinstance(models, dict):
+        return []
+    validator, problems = None, []
+    for model, values in models.items():
+        learner = model.rsplit("_", 1)[0]
+        if learner not in SWEEP_SECTIONS or not isinstance(values, dict):
+            continue  # the schema reported it
+        if sweep.get("metric") == "val_f1" and learner not in F1_LEARNERS:
+            problems.append(f"{where}: key 'sweep.metric': val_f1 is scored for {' and '.join(F1_LEARNERS)} only, "
+                            f"not {model} (use val_loss)")
+        section, sub = SWEEP_SECTIONS[learner]
+        known = sweep_settings(learner)
+        for key, options in values.items():
+            head, _, rest = key.partition(".")
+            if head not in known or (rest and head != "architecture") or "." in rest:
+                problems.append(f"{where}: key 'sweep.models.{model}.{key}': not a training setting of {learner} "
+                                f"(one of: {', '.join(known)}{'; architecture.<key>' if learner == 'unet' else ''})")
+                continue
+            for value in options if isinstance(options, list) else []:
+                trial = {rest: value} if rest else value
+                trial = {section: {sub: {head: trial}} if sub else {head: trial}}
+                validator = validator or _validator(load_schema("config"))
+                problems += [f"{where}: key 'sweep.models.{model}.{key}': value {value!r}: {e.message}"
+                             for e in validator.iter_errors(trial)]
+    return problems
 
 
 def _n2v_key_in_care(error) -> bool:
@@ -169,6 +220,8 @@ def _row_problems(row: dict) -> list[str]:
         problems.append(f"voxel_size '{row['voxel_size']}': every size must be above 0 micrometres")
     if "time_interval" in row and float(row["time_interval"]) <= 0:
         problems.append(f"time_interval '{row['time_interval']}': must be above 0 seconds")
+    if "scene" in row and not is_vendor_file(row["image"]):
+        problems.append(f"scene '{row['scene']}': only CZI, ND2 and LIF images have scenes")
     return problems
 
 
@@ -233,6 +286,8 @@ def _folder_problems(config: dict, where: str) -> list[str]:
         if not isinstance(value, str):
             continue
         folder = Path(value)
+        if folder.is_file() and folder.suffix == ".zip" and key.endswith(("_2d", "_3d")) and "patch" not in key:
+            continue  # a bioimage.io model package (zip), imported when a job first uses it
         if not folder.is_dir():
             problems.append(f"{where}: key '{key}': folder {value} does not exist")
         elif not any(folder.iterdir()):
@@ -242,7 +297,8 @@ def _folder_problems(config: dict, where: str) -> list[str]:
 
 def to_sample(row: dict) -> Sample:
     axes = row.get("axes", "").upper() or None
-    sizes = [float(v) for v in row["voxel_size"].split(",")] if "voxel_size" in row else [1.0]
+    # no voxel_size: the file's metadata (OME-TIFF, CZI, ND2, LIF) says it at ingest, else 1
+    sizes = [float(v) for v in row["voxel_size"].split(",")] if "voxel_size" in row else []
     spatial = _spatial(axes).lower() if axes else "zyx"
     if len(sizes) == 1:
         voxel = {a: sizes[0] for a in spatial}
@@ -254,6 +310,7 @@ def to_sample(row: dict) -> Sample:
         sample_id=row["sample_id"], image=row["image"], axes=axes, voxel_size=voxel,
         channel=int(row.get("channel", 0)), labels=row.get("labels"), tracks=row.get("tracks"),
         points=row.get("points"), target=row.get("target"), class_truth=row.get("class_truth"),
+        scene=row.get("scene"),
     )
 
 
@@ -453,6 +510,7 @@ class Segmentation(Section):
     block_size: int
     min_overlap: int
     context: int | None
+    rescale: str | bool
     scatter: dict
     fine_tune: FineTuneEncoder
     stardist: StarDistTraining
@@ -507,6 +565,24 @@ class Tracking(Section):
 
 
 @dataclass(frozen=True)
+class Sweep(Section):
+    """Grid search: {model: {setting: [values]}} and the metric that picks the best
+    (snakescope.training.sweep)."""
+
+    metric: str
+    models: dict
+
+
+@dataclass(frozen=True)
+class Publication(Section):
+    authors: list
+    citation: list
+    license: str
+    description: str | None
+    training_data: str | None
+
+
+@dataclass(frozen=True)
 class Batching(Section):
     max_samples: int
     max_gb: float
@@ -537,6 +613,8 @@ class Config(Section):
     segmentation: Segmentation
     classification: Classification
     tracking: Tracking
+    sweep: Sweep
+    publication: Publication
     batching: Batching
     local_envs: LocalEnvs
     container: str | None

@@ -42,6 +42,7 @@ from pathlib import Path
 
 from snakescope.io.tiff import expand_image_path
 from snakescope.settings import Config, Sample
+from snakescope.training.sweep import apply_combination, combination_name, combinations
 
 __all__ = ["STAGES", "Batch", "Job", "Plan", "digest_of", "manifest_path", "plan_path"]
 
@@ -56,13 +57,16 @@ LABELS = "image.ome.zarr/labels"
 #: Segmentation keys that change a trained model (a change retrains); the others only
 #: change prediction.
 SEGMENTATION_TRAINING_KEYS = ("method", "train_samples", "split_dir", "validation_fraction")
-SEGMENTATION_PREDICTION_KEYS = ("method", "prob_thresh", "nms_thresh", "block_size", "min_overlap", "context")
+SEGMENTATION_PREDICTION_KEYS = ("method", "prob_thresh", "nms_thresh", "block_size", "min_overlap", "context",
+                                "rescale")
 #: Classification keys that only change prediction (none today) are left out of nothing:
 #: every classification key but ``enabled`` and the model folders trains.
 CLASSIFICATION_NOT_TRAINING = ("enabled", "model_2d", "model_3d")
 #: Config sections that change how the work is run, not its results: provenance leaves
 #: them out, so tuning them reruns nothing.
 NOT_RESULTS = ("batching", "local_envs", "container", "resources")
+#: Jobs whose first output is a model folder of results/models (a sweep's candidates are not).
+MODEL_KINDS = ("train", "select")
 
 
 def digest_of(value) -> str:
@@ -229,6 +233,9 @@ class Plan:
             if self.config.segmentation.method != "none" and not self.segmented(sid):
                 notes.append(f"sample {sid}: no {nd}D segmentation model (no segmentation.model_{nd}d and no sample of "
                              "that dimensionality with labels): ingested and normalized only")
+        for model in sorted(set(self.config.sweep.models) - set(self.swept_models())):
+            notes.append(f"sweep.models.{model}: no {model} model is trained in this run (no training data for it, "
+                         "or a given model used as it is): nothing to sweep")
         return notes
 
     # ---- batches ----------------------------------------------------------------------
@@ -269,6 +276,8 @@ class Plan:
                 jobs[job.name] = job
         for job in self._training_jobs() + self._part_jobs():
             jobs[job.name] = job
+        for job in self._export_jobs(jobs):
+            jobs[job.name] = job
         jobs["summary-all"] = self._summary_job(jobs)
         for job in jobs.values():
             recipe = {**job.task, "config": self._recipe(job)}
@@ -279,7 +288,7 @@ class Plan:
     def _recipe(self, job: Job) -> dict:
         """The config a job's results depend on (its digest): for segmentation, only the
         prediction keys; the training keys reach it through the model folder, an input."""
-        config = job.task["config"]
+        config = job.task.get("config", {})
         if job.rule in ("segment", "segment_part"):
             return {k: config["segmentation"][k] for k in SEGMENTATION_PREDICTION_KEYS}
         return config
@@ -327,7 +336,11 @@ class Plan:
                 "config": self._stage_config(stage), "upstream": upstream,
                 "upstream_manifests": {u.split("-")[0]: manifest_path(u.split("-")[0], batch.id) for u in upstream},
                 "samples": work}
-        inputs = sorted({f for w in work for spec in w["steps"] for f in self.external_files(spec)}
+        # Also the files upstream stages of the batch read (models above all): a retrained
+        # model reruns every later stage, which waits for the earlier ones without rerunning
+        # when they merely run again.
+        inherited = {f for u in upstream for f in jobs[u].inputs if not f.endswith(".zarr")}
+        inputs = sorted({f for w in work for spec in w["steps"] for f in self.external_files(spec)} | inherited
                         | {p for sid in batch.samples for p in (self.scatter_parts(sid) if stage == "segment" else [])})
         return Job(name=task["job"], rule=stage, task=task, inputs=inputs,
                    after=[manifest_path(u.split("-")[0], batch.id) for u in upstream],
@@ -419,7 +432,9 @@ class Plan:
             steps["track"] = step({"labels": labels, "image": image},
                                   {"ctc": sample_path(sid, "tracks"), "table": sample_path(sid, "tracks.csv"),
                                    "stats": sample_path(sid, "track_stats.csv"),
-                                   "figure": sample_path(sid, "qc/tracks.png")}, {"channel": s.channel})
+                                   "figure": sample_path(sid, "qc/tracks.png"),
+                                   "napari": sample_path(sid, "tracks_napari.csv"),
+                                   "geff": sample_path(sid, "tracks.geff")}, {"channel": s.channel})
             if s.tracks:
                 steps["evaluate_tracking"] = step({"result": sample_path(sid, "tracks"), "truth": s.tracks},
                                                   {"metrics": sample_path(sid, "tracking_metrics.json")},
@@ -499,7 +514,70 @@ class Plan:
                 jobs.append(self._train_job("train_classifier", model, nd, sources, settings, ids, parent=parent,
                                             split=f"{c.segmentation.split_dir}/classifier_{nd}d.csv",
                                             patch_folder=getattr(cl, f"patch_folder_{nd}d")))
-        return jobs
+        return [j for job in jobs for j in self._swept(job)]
+
+    # ---- sweeps -------------------------------------------------------------------------
+
+    def _swept(self, job: Job) -> list[Job]:
+        """A training job as it is, or, for a model named in ``sweep.models``, one candidate
+        job per combination (the same task with the combination's settings, into
+        results/models/sweeps/<model>/<combination>) and the job that selects the best into
+        the model's folder (snakescope.training.sweep)."""
+        model = Path(job.task["outputs"]["model"]).name
+        values = self.config.sweep.models.get(model)
+        if not values:
+            return [job]
+        candidates, entries = [], []
+        for combination in combinations(values):
+            name = combination_name(combination)
+            folder = f"{RESULTS}/models/sweeps/{model}/{name}"
+            task = json.loads(json.dumps(job.task))
+            learner = job.task["learner"]
+            section = task["config"]["classification" if learner == "classifier" else
+                                     "restoration" if job.rule == "train_restoration" else "segmentation"]
+            if learner != "classifier":
+                section[learner] = apply_combination(section[learner], combination)
+            else:
+                task["config"]["classification"] = apply_combination(section, combination)
+            task.update(kind="candidate", job=f"train_candidate-{model}-{name}", outputs={"model": folder},
+                        sweep={"model": model, "name": name, "settings": combination})
+            candidates.append(Job(task["job"], "train_candidate", task, inputs=job.inputs, after=job.after,
+                                  outputs=[folder]))
+            entries.append({"name": name, "settings": combination, "folder": folder})
+        out = job.task["outputs"]["model"]
+        outputs = {"model": out, "curve": f"{out}_training.png", "table": f"{out}_sweep.csv",
+                   "figure": f"{out}_sweep.png"}
+        task = {"kind": "select", "job": f"select_model-{model}", "learner": job.task["learner"],
+                "ndim": job.task["ndim"], "sources": job.task["sources"], "metric": self.config.sweep.metric,
+                "candidates": entries, "upstream": [c.name for c in candidates], "outputs": outputs}
+        select = Job(task["job"], "select_model", task, inputs=[c.outputs[0] for c in candidates], after=job.after,
+                     outputs=list(outputs.values()))
+        return [*candidates, select]
+
+    def swept_models(self) -> list[str]:
+        """The models chosen by a sweep in this run (their folder's name)."""
+        return [Path(j.outputs[0]).name for j in self.jobs.values() if j.task["kind"] == "select"]
+
+    def _export_jobs(self, jobs: dict) -> list[Job]:
+        """A bioimage.io package of every model trained here (its own job: changing the
+        publication details re-exports, it never retrains); its test input is a crop of the
+        first training sample's raw image."""
+        exports = []
+        for train in [j for j in jobs.values() if j.task["kind"] in MODEL_KINDS]:
+            model = train.task["outputs"]["model"]
+            first = train.task["sources"][0] if train.task["sources"] else None
+            task = {"kind": "export", "job": f"export-{Path(model).name}", "model": model,
+                    "learner": train.task["learner"], "ndim": train.task["ndim"],
+                    "package": f"{model}.bioimage.io.zip", "publication": dataclasses.asdict(self.config.publication),
+                    "normalize": dataclasses.asdict(self.config.normalize),
+                    "test_image": sample_path(first["sample"], "image.ome.zarr") if first else None,
+                    "channel": first["channel"] if first else 0}
+            exports.append(Job(task["job"], "export_model", task, inputs=[model], after=train.after,
+                               outputs=[task["package"]]))
+        return exports
+
+    def packages(self) -> list[str]:
+        return [j.outputs[0] for j in self.jobs.values() if j.task["kind"] == "export"]
 
     @staticmethod
     def _tuned(training, fine_tune, parent) -> dict:
@@ -569,19 +647,23 @@ class Plan:
     def _summary_job(self, jobs: dict) -> Job:
         """The summary, failure list and report over every job's results."""
         manifests = [j.outputs[0] for j in jobs.values() if j.task["kind"] == "stage"]
-        models = [j.outputs[0] for j in jobs.values() if j.task["kind"] == "train"]
+        models = [j.outputs[0] for j in jobs.values() if j.task["kind"] in MODEL_KINDS]
         outputs = {"summary": f"{RESULTS}/summary.md", "failures": f"{RESULTS}/failed_samples.tsv",
                    "report": f"{RESULTS}/report.html"}
+        packages = [j.outputs[0] for j in jobs.values() if j.task["kind"] == "export"]
+        sweeps = [{k: j.task["outputs"][k] for k in ("model", "table", "figure")}
+                  for j in jobs.values() if j.task["kind"] == "select"]
         task = {"kind": "summary", "job": "summary-all", "config": self._stage_config("finish"),
-                "manifests": manifests, "models": models, "metrics": self.gathered_outputs(), "outputs": outputs}
-        return Job("summary-all", "summary", task, after=manifests + models + self.gathered_outputs(),
-                   outputs=list(outputs.values()))
+                "manifests": manifests, "models": models, "packages": packages, "metrics": self.gathered_outputs(),
+                "sweeps": sweeps, "outputs": outputs}
+        return Job("summary-all", "summary", task, after=manifests + models + packages + self.gathered_outputs()
+                   + [s[k] for s in sweeps for k in ("table", "figure")], outputs=list(outputs.values()))
 
     def all_manifests(self) -> list[str]:
         return [j.outputs[0] for j in self.jobs.values() if j.task["kind"] == "stage"]
 
     def models(self) -> list[str]:
-        return [j.outputs[0] for j in self.jobs.values() if j.task["kind"] == "train"]
+        return [j.outputs[0] for j in self.jobs.values() if j.task["kind"] in MODEL_KINDS]
 
 
 def _task_digest(path: Path) -> str | None:

@@ -256,10 +256,16 @@ def run_task(plan: str | Path, threads: int = 1) -> None:
     kind = task["kind"]
     if kind == "stage":
         run_stage(task, task["manifest"], threads)
-    elif kind == "train":
+    elif kind in ("train", "candidate"):
         stages.train(task, Context(task, threads))
+    elif kind == "select":
+        from snakescope.training.sweep import select_model
+
+        select_model(task)
     elif kind == "part":
         stages.segment_part(task, Context(task, threads))
+    elif kind == "export":
+        stages.export_model(task, Context(task, threads))
     elif kind == "summary":
         from snakescope.report.summary import write_summary
 

@@ -48,7 +48,7 @@ class Step:
 
 
 def ingest(work, spec, ctx) -> None:
-    """The sample's TIFF data -> exact OME-Zarr -> normalized OME-Zarr + statistics."""
+    """The sample's image (TIFF, CZI, ND2, LIF) -> exact OME-Zarr -> normalized OME-Zarr + statistics."""
     from snakescope.ingest.convert import ingest as convert
     from snakescope.ingest.normalize import normalize
 
@@ -56,16 +56,16 @@ def ingest(work, spec, ctx) -> None:
     _check_channel(row, work)
     storage = ctx.section("ingest")
     convert(row["image"], row.get("axes"), out["image"], name=work.sample, voxel_size=row.get("voxel_size"),
-            settings=storage, threads=ctx.threads)
+            settings=storage, threads=ctx.threads, scene=row.get("scene"))
     normalize(out["image"], out["normalized"], out["stats"], settings=ctx.section("normalize"), storage=storage,
               threads=ctx.threads)
 
 
 def _check_channel(row: dict, work) -> None:
     """The sheet's channel exists in the file (checked before anything is written)."""
-    from snakescope.io.tiff import open_tiff
+    from snakescope.io.formats import open_image
 
-    source = open_tiff(row["image"], row.get("axes"))
+    source = open_image(row["image"], row.get("axes"), row.get("scene"))
     n = source.shape[source.axes.upper().index("C")] if "C" in source.axes.upper() else 1
     if not 0 <= work.channel < n:
         raise InputError(source.where, f"channel {work.channel} of sample {work.sample} does not exist: the image has "
@@ -110,7 +110,7 @@ def restore(work, spec, ctx) -> None:
     from snakescope import restoration
 
     inputs, options = spec["inputs"], spec["options"]
-    model = ctx.model(inputs["model"], lambda: restoration.load_model(inputs["model"], options["method"]))
+    model = ctx.model(inputs["model"], lambda: restoration.load_model(model_folder(inputs["model"]), options["method"]))
     settings = ctx.section("restoration")
     restoration.predict(model, inputs["image"], spec["outputs"]["restored"], channel=work.channel,
                         block_shape=settings.block_shape, storage=ctx.section("ingest"), threads=ctx.threads)
@@ -119,10 +119,30 @@ def restore(work, spec, ctx) -> None:
 # ---- segment -------------------------------------------------------------------------------
 
 
+def model_folder(path: str) -> str:
+    """A model folder, or a bioimage.io package (zip, or a folder with rdf.yaml) imported once
+    into results/models/imported/ (under a name that changes with the package's bytes)."""
+    from snakescope.exchange.bioimageio import RDF_NAMES
+
+    source = Path(path)
+    if not (source.suffix == ".zip" or any((source / name).is_file() for name in RDF_NAMES)):
+        return path
+    import hashlib
+
+    from snakescope.exchange.bioimageio import import_package
+
+    digest = hashlib.sha256(source.read_bytes() if source.is_file() else
+                            b"".join(p.read_bytes() for p in sorted(source.rglob("*")) if p.is_file())).hexdigest()[:12]
+    folder = Path("results/models/imported") / f"{source.stem}-{digest}"
+    if not folder.is_dir():
+        import_package(source, folder)
+    return str(folder)
+
+
 def _segmentation_model(ctx, folder: str):
     from snakescope import segmentation
 
-    return ctx.model(folder, lambda: segmentation.load_model(folder))
+    return ctx.model(folder, lambda: segmentation.load_model(model_folder(folder)))
 
 
 def segment(work, spec, ctx) -> None:
@@ -149,7 +169,8 @@ def measure(work, spec, ctx) -> None:
         from snakescope import classification
         from snakescope.io import ngff
 
-        model = ctx.model(inputs["classifier"], lambda: classification.load_classifier(inputs["classifier"]))
+        model = ctx.model(inputs["classifier"],
+                          lambda: classification.load_classifier(model_folder(inputs["classifier"])))
         image = ngff.read_image(inputs["analysis"])
         channels = [work.channel] if "c" in image.axes else None
         objects = classification.classify_objects(model, image.data, image.axes, objects, channels=channels)
@@ -227,7 +248,7 @@ def track(work, spec, ctx) -> None:
     inputs, out = spec["inputs"], spec["outputs"]
     tracking.track_sample(inputs["labels"], inputs["image"], ctx.section("tracking"), channel=work.channel,
                           sample=work.sample, ctc=out["ctc"], table=out["table"], stats=out["stats"],
-                          figure=out["figure"])
+                          figure=out["figure"], napari=out["napari"], geff=out["geff"])
 
 
 def evaluate_tracking(work, spec, ctx) -> None:
@@ -241,8 +262,38 @@ def provenance(work, spec, ctx) -> None:
     from snakescope.io.atomic import write_json
     from snakescope.report.provenance import record
 
+    from snakescope.pipeline.plan import LABELS
+    from snakescope.segmentation.rescale import applied_rescale
+
     repo = Path(__file__).resolve().parents[3]
-    write_json(spec["outputs"]["record"], record(work.row, ctx.config, list(spec["inputs"].values()), repo))
+    result = record(work.row, ctx.config, list(spec["inputs"].values()), repo)
+    rescale = applied_rescale(Path(spec["outputs"]["record"]).parent / LABELS)  # what segment did, if it ran
+    write_json(spec["outputs"]["record"], {**result, **({"segmentation_rescale": rescale} if rescale else {})})
+
+
+def export_model(task: dict, ctx) -> None:
+    """A trained model as a bioimage.io package; its test input is a crop of a training
+    sample's raw image (first frame, its channel)."""
+    import numpy as np
+
+    from snakescope.exchange.bioimageio import export_package
+    from snakescope.io import ngff
+    from snakescope.io.frames import frames
+    from snakescope.settings import Normalize
+
+    test_input = None
+    if task["test_image"] and task["learner"] != "classifier":  # the classifier's: a synthetic patch
+        image = ngff.read_image(task["test_image"])
+        _, index = next(iter(frames(image.axes, image.shape, task["channel"])))
+        frame = image.data[index]
+        crop = tuple(slice(max(0, (n - m) // 2), max(0, (n - m) // 2) + m)
+                     for n, m in zip(frame.shape, (32, 256, 256)[-frame.ndim:]))
+        test_input = np.asarray(frame[crop])
+    pub = task["publication"]
+    export_package(task["model"], task["package"], authors=pub["authors"], citation=pub["citation"],
+                   license=pub["license"], description=pub["description"],
+                   data={"description": pub["training_data"]} if pub["training_data"] else None,
+                   test_input=test_input, normalize=Normalize.from_dict(task["normalize"]))
 
 
 # ---- training ------------------------------------------------------------------------------
@@ -265,7 +316,7 @@ def _write_table(table, path: str, index: bool = False) -> None:
             table.to_csv(tmp, index=index)
 
 
-PREDICTION = "segmentation:method,prob_thresh,nms_thresh,block_size,min_overlap,context"
+PREDICTION = "segmentation:method,prob_thresh,nms_thresh,block_size,min_overlap,context,rescale"
 
 STEPS = {step.name: step for step in (
     Step("ingest", ingest, ("ingest", "normalize")),

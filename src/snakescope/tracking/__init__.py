@@ -22,14 +22,16 @@ __all__ = ["Tracks", "evaluate_ctc", "link", "summarize_metrics", "summarize_tra
 
 
 def track_sample(labels_path: str | Path, image_path: str | Path, settings: Tracking, *, channel: int, sample: str,
-                 ctc: str | Path, table: str | Path, stats: str | Path, figure: str | Path) -> dict:
+                 ctc: str | Path, table: str | Path, stats: str | Path, figure: str | Path,
+                 napari: str | Path | None = None, geff: str | Path | None = None) -> dict:
     """Track one sample's segmented time-lapse and write every tracking output.
 
     Reads the labels (``labels.ome.zarr``) and, for sub-pixel refinement only, ``channel`` of
     the analysed image; writes the CTC result folder ``ctc``, the napari tracks table
     ``table`` (CSV), the per-track statistics ``stats`` (CSV; speeds per second when the
-    labels carry a time interval) and the y-x track plot ``figure`` (PNG). Returns the
-    :func:`summarize_tracks` summary.
+    labels carry a time interval) and the y-x track plot ``figure`` (PNG); with ``napari``
+    and ``geff``, the tracks in micrometres for napari's Tracks layer (CSV + graph JSON) and
+    as a GEFF graph (snakescope.exchange.tracks). Returns the :func:`summarize_tracks` summary.
     """
     from snakescope.io import ngff
     from snakescope.io.frames import ChannelStack
@@ -47,4 +49,12 @@ def track_sample(labels_path: str | Path, image_path: str | Path, settings: Trac
     summary = summarize_tracks(write_track_statistics(tracks, stats, time_interval=labels.voxel_size.get("t")))
     track_plot(tracks, figure, title=f"{sample}: {tracks.n_tracks} tracks, {tracks.n_divisions} divisions",
                summary=summary, frame_shape=labels.shape[1:])
+    if napari or geff:
+        from snakescope.exchange.tracks import write_geff, write_napari_tracks
+
+        voxel = [labels.voxel_size[a] for a in labels.axes if a in "zyx"]
+        if napari:
+            write_napari_tracks(tracks, napari, voxel)
+        if geff:
+            write_geff(tracks, geff, voxel, time_interval=labels.voxel_size.get("t"))
     return summary
