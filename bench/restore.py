@@ -37,11 +37,13 @@ Keys
   ``rss_volume_gib``, ``rss_predict_seconds``.
 * ``train_seconds``: N2V training wall-clock (the whole ``train_n2v`` call).
 
-Settings: the schema's ``restoration.n2v`` defaults (patch 64, 1.5 % blind spots replaced by a
-neighbour within radius 2 without the centre pixel, U-Net depth 2 / kernel 3 / 16 filters,
-batch 16, Adam 2e-3 with a cosine decay fitted to the budget, MSE), trained for the time
-budget rather than a number of epochs, no early stopping (the best validation epoch is
-kept), seed 0. At 300 s of fitting under a shared machine these gave (all 120 images, same noise):
+Settings: the schema's ``restoration.n2v`` defaults, trained for the time budget rather than
+a number of epochs, no early stopping (the best validation epoch is kept), seed 0; prediction
+without test-time augmentation. The figures below were measured with the earlier defaults
+(patch 64, 1.5 % blind spots replaced by a neighbour within radius 2 without the centre
+pixel, U-Net depth 2 / kernel 3 / 16 filters, batch 16, Adam 2e-3 with a cosine decay fitted
+to the budget, MSE), before N2V2's settings became the defaults on real noise
+(bench/restore_real.py). At 300 s of fitting under a shared machine these gave (all 120 images, same noise):
 defaults 35.96 dB (36.03 affine); 32 filters 35.66; 4 % blind spots 34.05; 0.6 % 35.53;
 median manipulator 35.93; learning rate 4e-3 35.67; depth 3 35.43; against 35.30 dB
 (35.59 affine) for the best baseline (non-local means, h = 1.5 sigma) and 34.55 dB for the

@@ -81,6 +81,8 @@ CASES = [
          stage="config"),
     Case("scatter of an unknown sample", "key 'segmentation.scatter': no sample 'ghost'",
          config={"segmentation": {"scatter": {"ghost": 2}}}, stage="config"),
+    Case("training samples that are not in the sheet", "key 'segmentation.train_samples': no sample 'ghost'",
+         config={"segmentation": {"train_samples": ["good", "ghost"]}}, stage="config"),
     Case("N2V-only key in the CARE section", "manipulator only apply to N2V",
          config={"restoration": {"method": "care", "care": {"manipulator": "median"}}}, stage="config"),
     Case("sample id with a space", "column 'sample_id': 'bad id' is not valid here", sheet="bad id\tgood.tif",

@@ -365,6 +365,7 @@ def test_fine_tune_a_previous_classifier(trained, sample, written, tmp_path):
                                                sources=data.sources, pretrained_weights=model_dir, freeze_pretrained=True,
                                                **TINY)
     assert metadata["parent"] == str(model_dir) and metadata["classifier"]["pretrained_layers"] == 4
+    assert "elongated_cell, round_cell are new, so a new class layer is trained" in metadata["classifier"]["transfer_notes"][0]
     tuned = classification.load_classifier(tmp_path / "tuned").model
     for name in ("block1_conv1", "dense1"):
         for a, b in zip(tuned.get_layer(name).get_weights(), old.get_layer(name).get_weights()):
@@ -373,6 +374,16 @@ def test_fine_tune_a_previous_classifier(trained, sample, written, tmp_path):
     assert (tmp_path / "tuned" / "split.csv").is_file()  # no split_path: the split is kept with the model
     with pytest.raises(InputError, match="not a snakescope classifier"):
         model_module.transfer_from_classifier(new, tmp_path, ["x", "y", "z"])
+    # what must match is checked first, and named: time window, channels, patch size
+    shape = config["input_shape"]
+    assert train_module.check_parent(model_dir, shape, config["time_window"], config["class_names"]) == []
+    with pytest.raises(InputError, match=f"{model_dir}: cannot be fine-tuned on these patches: it was trained on "
+                                         f"time window {config['time_window']} .classification.time_window here: 2."):
+        train_module.check_parent(model_dir, shape, 2, config["class_names"])
+    with pytest.raises(InputError, match=rf"{shape[-1]} input channels .channels x frames; here {shape[-1] + 1}."):
+        train_module.check_parent(model_dir, shape[:-1] + [shape[-1] + 1], config["time_window"], ["x"])
+    with pytest.raises(InputError, match=r"patches of \[\d+, \d+\] pixels .here \[8, 8\]"):
+        train_module.check_parent(model_dir / "weights_best.h5", [8, 8, shape[-1]], config["time_window"], ["x"])
 
 
 def test_frozen_backbone_survives_saving_and_loading(tmp_path):

@@ -53,6 +53,23 @@ def test_care_settings_reject_n2v_only_keys():
     assert any("restoration.method" in p for p in problems)
 
 
+def test_restoration_defaults_are_the_ones_chosen_on_real_noise():
+    from snakescope.settings import defaults
+
+    r = defaults().restoration  # bench/restore_real.py measured these (W2S)
+    assert r.tta is True
+    assert (r.n2v.blurpool, r.n2v.skip_skipone, r.n2v.manipulator, r.n2v.struct_mask) == (True, True, "median", None)
+    assert (r.care.loss, r.care.unet_n_first, r.care.learning_rate) == ("mse", 16, 0.002)
+    config, problems = validate_config({"restoration": {"method": "n2v", "tta": False,
+                                                        "n2v": {"struct_mask": [[1, 1, 1, 1, 1]]}}})
+    assert problems == [] and config["restoration"]["n2v"]["struct_mask"] == [[1, 1, 1, 1, 1]]
+    assert config["restoration"]["tta"] is False
+    _, problems = validate_config({"restoration": {"n2v": {"struct_mask": "row"}}})
+    assert any("restoration.n2v.struct_mask" in p for p in problems)
+    _, problems = validate_config({"restoration": {"method": "care", "care": {"struct_mask": [[1, 1, 1]]}}})
+    assert problems == ["config: key 'restoration.care': struct_mask only apply to N2V (the n2v section)"]
+
+
 def test_low_must_be_below_high():
     _, problems = validate_config({"normalize": {"low": 50, "high": 40}})
     assert any("must be below" in p for p in problems)

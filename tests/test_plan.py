@@ -59,14 +59,24 @@ def test_stages_plan_only_samples_they_process(tmp_path):
     plan = project(tmp_path, ["a", "b"], classification={"enabled": False}, tracking={"enabled": False})
     segment = plan.job("segment-b0000").task["samples"][0]["steps"]
     assert [s["step"] for s in segment] == ["segment", "measure"] and "classifier" not in segment[1]["inputs"]
-    assert ["qc_segmentation", "evaluate_segmentation", "provenance"] == [
+    assert ["qc_segmentation", "export_boxes", "evaluate_segmentation", "provenance"] == [
         s["step"] for s in plan.job("finish-b0000").task["samples"][0]["steps"]]
+
+
+def test_segmented_2d_samples_export_their_boxes(tmp_path):
+    plan = project(tmp_path, ["a"])
+    steps = {s["step"]: s for s in plan.job("finish-b0000").task["samples"][0]["steps"]}
+    assert steps["export_boxes"]["inputs"] == {"labels": "results/a/image.ome.zarr/labels"}
+    assert steps["export_boxes"]["outputs"] == {"napari": "results/a/boxes.csv",
+                                                "yolo": "results/a/boxes_yolo"}
+    plan = project(tmp_path, ["a"], detection={"export_boxes": False})
+    assert "export_boxes" not in [s["step"] for s in plan.job("finish-b0000").task["samples"][0]["steps"]]
 
 
 PREDICTION_ONLY = [("segmentation", "prob_thresh", 0.6), ("segmentation", "nms_thresh", 0.2),
                    ("segmentation", "block_size", 1024), ("segmentation", "min_overlap", 32),
                    ("segmentation", "context", 16), ("segmentation", "scatter", {"a": 2}),
-                   ("restoration", "block_shape", {"y": 256, "x": 256})]
+                   ("restoration", "block_shape", {"y": 256, "x": 256}), ("restoration", "samples", ["a"])]
 
 
 @pytest.mark.parametrize("section,key,value", PREDICTION_ONLY, ids=[k for _, k, _ in PREDICTION_ONLY])
@@ -79,6 +89,16 @@ def test_prediction_settings_never_retrain(tmp_path, section, key, value):
     assert "train_segmentation-stardist_2d" in trainings
     for name in trainings:
         assert before.job(name).digest == after.job(name).digest, name
+
+
+def test_restoration_samples_restores_only_those_and_trains_on_train_samples(tmp_path):
+    plan = project(tmp_path, ["a", "b", "c"], restoration={"method": "n2v", "train_samples": ["a", "b"],
+                                                           "samples": ["a"]})
+    assert plan.stage_samples("restore") == ["a"]
+    assert plan.analysis_image("a").endswith("restored.ome.zarr")
+    assert plan.analysis_image("b").endswith("normalized.ome.zarr")
+    assert plan.restoration_training_samples(2) == ("a", "b")
+    assert not [n for n in plan.warnings() if "N2V" in n]  # left out on purpose, not for want of a model
 
 
 def test_training_settings_retrain_and_resegment(tmp_path):

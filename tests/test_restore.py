@@ -9,8 +9,10 @@ file read its results.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -23,7 +25,7 @@ from snakescope.errors import InputError
 from snakescope.io import ngff
 from snakescope.restoration import check_model, load_model, predict, restoration_metrics, train_care, train_n2v
 from snakescope.restoration.models import default_block_shape, dihedral_mean
-from snakescope.restoration.patches import MANIPULATORS, n2v_mask, sample_patches
+from snakescope.restoration.patches import MANIPULATORS, as_source, augment, intensity_fit, n2v_mask, sample_patches
 from snakescope.settings import defaults
 
 # Keras 3 converts tensors with np.array(x) inside fit (its own deprecation, not ours).
@@ -85,9 +87,12 @@ clean = np.load(root / "clean_tyx.npy")
 noisy = (clean + 0.25 * rng.standard_normal(clean.shape)).astype(np.float32)
 a = write(root / "a.ome.zarr", noisy[:2], "tyx", (1, 32, 32))
 b = write(root / "b.ome.zarr", noisy[2:], "tyx", (1, 32, 32))
+# the defaults are N2V2's (max-blur pooling, no top skip connection, median replacement)
 tiny = n2v.replace(patch_shape=[32, 32], epochs=2, steps_per_epoch=6, batch_size=8, unet_depth=2, unet_n_first=8,
                    n_patches=64, patience=5)
 out["train"] = train_n2v([a, b], root / "n2v2d", tiny, seed=3)
+config = json.loads((root / "n2v2d" / "config.json").read_text())
+out["config2d"] = {k: config[k] for k in ("blurpool", "skip_skipone", "n2v_manipulator", "structN2Vmask")}
 # One loaded model restores several images.
 model = load_model(root / "n2v2d", "n2v")
 out["predict"] = predict(model, a, root / "pred.ome.zarr", storage=ingest, block_shape={"y": 48, "x": 40})
@@ -99,22 +104,45 @@ out["max_abs"] = float(np.abs(whole).max())
 out["pred_shape"] = list(blockwise.shape)
 out["pred_dtype"] = str(blockwise.dtype)
 # Test-time augmentation, block by block, equals n2v's own whole-image one (same 8 transforms).
-out["predict_tta"] = predict(model, a, root / "pred_tta.ome.zarr", storage=ingest, block_shape={"y": 48, "x": 40}, tta=True)
+out["predict_tta"] = predict(model, a, root / "pred_tta.ome.zarr", storage=ingest, block_shape={"y": 48, "x": 40},
+                             tta=True)
 whole_tta = np.stack([model.model.predict(noisy[i], "YX", tta=True) for i in range(2)])
-out["max_abs_diff_tta"] = float(np.abs(ngff.read_image(root / "pred_tta.ome.zarr").data[...] - whole_tta).max())
+blockwise_tta = ngff.read_image(root / "pred_tta.ome.zarr").data[...]
+out["max_abs_diff_tta"] = float(np.abs(blockwise_tta - whole_tta).max())
 out["tta_differs"] = float(np.abs(whole_tta - whole[:2]).max())
+# and the average, written out by hand, of the 8 flips/rotations each turned back
+def by_hand(predict_one, image, turns):
+    total = 0
+    for k in turns:
+        for flip in (False, True):
+            x = np.rot90(image, k)
+            x = x[:, ::-1] if flip else x
+            y = predict_one(np.ascontiguousarray(x))
+            total = total + np.rot90(y[:, ::-1] if flip else y, -k)
+    return total / (2 * len(turns))
+manual = np.stack([by_hand(lambda x: model.model.predict(x, "YX"), noisy[i], range(4)) for i in range(2)])
+out["max_abs_diff_tta_manual"] = float(np.abs(blockwise_tta - manual).max())
 
 # 3D: a z stack gives 3D patches and a 3D model.
 vol = (np.load(root / "clean_zyx.npy") + 0.25 * rng.standard_normal((16, 48, 48))).astype(np.float32)
 v = write(root / "v.ome.zarr", vol, "zyx", (8, 32, 32))
-tiny3 = n2v.replace(patch_shape=[16, 16], patch_depth=8, epochs=1, steps_per_epoch=4, batch_size=4, unet_depth=1,
-                    unet_n_first=8, n_patches=32)
-out["train3d"] = train_n2v([v], root / "n2v3d", tiny3, seed=1, struct_mask=[[[1, 1, 1]]])  # structN2V along x
+# structN2V along x, from the config (restoration.n2v.struct_mask)
+tiny3 = N2VTraining.from_dict({**tiny.to_dict(), "patch_shape": [16, 16], "patch_depth": 8, "epochs": 1,
+                               "steps_per_epoch": 4, "batch_size": 4, "unet_depth": 1, "n_patches": 32,
+                               "struct_mask": [[[1, 1, 1]]]})
+out["train3d"] = train_n2v([v], root / "n2v3d", tiny3, seed=1)
 out["struct3d"] = json.loads((root / "n2v3d" / "config.json").read_text())["structN2Vmask"]
 predict(root / "n2v3d", v, root / "pred3d.ome.zarr", storage=ingest, block_shape={"z": 8, "y": 24, "x": 24})
 model3 = load_model(root / "n2v3d", "n2v")
 whole3 = model3.model.predict(vol, "ZYX")
 out["max_abs_diff_3d"] = float(np.abs(ngff.read_image(root / "pred3d.ome.zarr").data[...] - whole3).max())
+# a structN2V model's test-time augmentation: the 4 mirror images only (its noise keeps its direction)
+out["predict3d_tta"] = predict(model3, v, root / "pred3d_tta.ome.zarr", storage=ingest,
+                               block_shape={"z": 8, "y": 24, "x": 24}, tta=True)
+yxz = vol.transpose(1, 2, 0)  # by_hand turns the first two axes
+mirrors = by_hand(lambda x: model3.model.predict(x.transpose(2, 0, 1), "ZYX").transpose(1, 2, 0), yxz, (0, 2))
+out["max_abs_diff_3d_tta"] = float(np.abs(ngff.read_image(root / "pred3d_tta.ome.zarr").data[...]
+                                          - mirrors.transpose(2, 0, 1)).max())
 
 # A pretrained model from a local folder (a copy) gives the same restoration.
 shutil.copytree(root / "n2v2d", root / "copied_model")
@@ -136,6 +164,9 @@ out["broken_error"] = error(lambda: predict(broken, a, root / "never.ome.zarr", 
 out["broken_no_output"] = not (root / "never.ome.zarr").exists() and not list(root.glob("never.ome.zarr.partial-*"))
 out["missing_error"] = error(lambda: predict(root / "nope", a, root / "never2.ome.zarr", storage=ingest))
 out["care_as_n2v_error"] = error(lambda: check_model(root / "n2v2d", "care"))
+# a struct_mask of the wrong dimensionality (or even sizes) is named before any patch is drawn
+out["bad_struct_error"] = error(lambda: train_n2v([v], root / "n2v_bad", tiny3.replace(struct_mask=[[1, 1]]), seed=1))
+out["bad_struct_no_output"] = not (root / "n2v_bad").exists() and not list(root.glob("n2v_bad.partial-*"))
 (root / "result.json").write_text(json.dumps(out))
 """
 
@@ -289,6 +320,20 @@ def test_n2v_mask_3d_and_neighbourhood():
         assert max(abs(src[0] - z), abs(src[1] - y), abs(src[2] - xx)) == 1
 
 
+def test_intensity_fit_brings_a_target_to_its_image_scale(rng):
+    target = smooth_image(rng, (3, 40, 48), 2.0)
+    image = 0.4 * target + 0.1 + rng.normal(0, 0.05, target.shape).astype(np.float32)  # dimmer, offset, noisy
+    src, tgt = as_source((image, "tyx")), as_source((target, "tyx"))
+    slope, offset = intensity_fit(src, tgt)
+    coef = np.polyfit(target.ravel().astype(float), image.ravel().astype(float), 1)  # image ~ a * target + b
+    assert (slope, offset) == pytest.approx(tuple(coef), rel=1e-6)
+    assert slope == pytest.approx(0.4, abs=0.01) and offset == pytest.approx(0.1, abs=0.01)
+    fitted = dataclasses.replace(tgt, intensity=(slope, offset))
+    region = (slice(1, 2), slice(0, 40), slice(0, 48))
+    np.testing.assert_allclose(fitted.read(region), slope * target[1:2] + offset, rtol=1e-5)
+    np.testing.assert_array_equal(tgt.read(region), target[1:2])  # the original source is unchanged
+
+
 def test_structured_blind_spots_hide_the_marked_neighbours():
     rng = np.random.default_rng(2)
     x = np.full((3, 24, 24), 7.0, np.float32)  # far outside the struct noise's [-2, 2]
@@ -355,6 +400,29 @@ def test_restoration_metrics_affine_fit_matches_least_squares(rng):
     assert m["ssim_restored_affine"] == pytest.approx(expected, abs=1e-6)
 
 
+def test_affine_fitted_metrics_on_a_hand_computed_case():
+    # target: 0 on the left half, 2 on the right (mean 1, variance 1); the estimate is
+    # 3 * target - 1 plus +-d alternating by row, which is orthogonal to the target and to a
+    # constant. The least-squares fit of the estimate to the target then has slope
+    # cov / var = 3 / (9 + d^2) and leaves the error 1 - 9 / (9 + d^2) = d^2 / (9 + d^2).
+    d = 0.3
+    target = np.zeros((16, 16), np.float32)
+    target[:, 8:] = 2.0
+    error = np.where(np.arange(16)[:, None] % 2 == 0, d, -d) * np.ones((1, 16))
+    estimate = (3 * target - 1 + error).astype(np.float32)
+    m = restoration_metrics((target, "yx"), (estimate, "yx"), (target, "yx"), data_range=2.0)
+    mse = d**2 / (9 + d**2)  # 0.0099
+    assert m["affine_slope_restored"] == pytest.approx(3 / (9 + d**2), rel=1e-6)
+    assert m["psnr_restored_affine"] == pytest.approx(10 * np.log10(4 / mse), abs=1e-4)  # 26.06 dB
+    assert m["psnr_restored_affine"] == pytest.approx(26.0638, abs=1e-3)
+    fitted = 3 / (9 + d**2) * (estimate.astype(np.float64) - 2.0) + 1.0  # the estimate's mean is 2, the target's 1
+    from skimage.metrics import structural_similarity
+
+    assert m["ssim_restored_affine"] == pytest.approx(
+        structural_similarity(target.astype(np.float64), fitted, data_range=2.0), abs=1e-9)
+    assert m["psnr_input_affine"] == float("inf") and m["ssim_input_affine"] == pytest.approx(1.0)
+
+
 def test_dihedral_mean_averages_the_eight_flips_and_rotations(rng):
     x = rng.random((2, 8, 12)).astype(np.float32)  # a batch of non-square planes
     np.testing.assert_allclose(dihedral_mean(lambda b: 2 * b, x), 2 * x, rtol=1e-6)  # equivariant: unchanged
@@ -363,6 +431,30 @@ def test_dihedral_mean_averages_the_eight_flips_and_rotations(rng):
     shifted = dihedral_mean(lambda b: np.roll(b, 1, axis=-1), x)
     expected = sum(np.roll(x, k, axis=ax) for k in (1, -1) for ax in (-1, -2)) / 4
     np.testing.assert_allclose(shifted, expected, rtol=1e-6)
+    # by hand: each of the 8 transforms of x through the network and back, averaged
+    net = lambda b: np.cumsum(b, axis=-1)  # noqa: E731 (not equivariant: every transform differs)
+    by_hand = np.zeros(x.shape)
+    for k in range(4):
+        for flip in (False, True):
+            t = np.rot90(x, k, axes=(-2, -1))
+            t = t[..., ::-1] if flip else t
+            y = net(t)
+            by_hand += np.rot90(y[..., ::-1] if flip else y, -k, axes=(-2, -1))
+    np.testing.assert_allclose(dihedral_mean(net, x), by_hand / 8, rtol=1e-5)
+    # the 4 mirror images only (a structN2V model): no quarter turn, so a shift along x
+    # stays along x
+    mirrored = dihedral_mean(lambda b: np.roll(b, 1, axis=-1), x, quarter_turns=False)
+    np.testing.assert_allclose(mirrored, (np.roll(x, 1, axis=-1) + np.roll(x, -1, axis=-1)) / 2, rtol=1e-6)
+
+
+def test_augment_without_quarter_turns_keeps_directions(rng):
+    x = rng.random((64, 6, 6)).astype(np.float32)
+    x[:, :, 0] = 10.0  # a column: a quarter turn would make it a row
+    turned = augment(np.random.default_rng(0), x)
+    assert any((p[0, :] == 10).all() or (p[-1, :] == 10).all() for p in turned)  # quarter turns by default
+    mirrored = augment(np.random.default_rng(0), x, quarter_turns=False)
+    assert all((p[:, 0] == 10).all() or (p[:, -1] == 10).all() for p in mirrored)
+    assert {(p[:, 0] == 10).all() for p in mirrored} == {True, False}  # flipped along x in some
 
 
 def test_restoration_qc_page_with_residual_and_metrics(tmp_path, rng):
@@ -471,6 +563,8 @@ def test_care_training_writes_model_folder_and_curves(care):
     data = meta["data"]
     assert data["channel"] == 0 and data["images"] == ["sampleA"] and data["targets"] == ["sampleA (target)"]
     assert data["patch_shape"] == [32, 32] and data["n_train_patches"] + data["n_val_patches"] == 256
+    (slope, offset), = data["target_fit"]  # noisy = clean + noise: the target is already on the image's scale
+    assert slope == pytest.approx(1.0, abs=0.02) and offset == pytest.approx(0.0, abs=0.02)
     assert meta["training"]["epochs_run"] == 2 and meta["training"]["stopped_by"] == "epochs"
     assert "weights_now.h5" not in names
     assert check_model(model, "care")["kind"] == "care"
@@ -549,10 +643,19 @@ def test_care_training_starts_from_a_parent_model(care):
     for mine, theirs in zip(weights(care["root"] / "child" / "weights_last.h5"), weights(parent / "weights_best.h5"),
                             strict=True):
         np.testing.assert_allclose(mine, theirs, rtol=0, atol=1e-6)
-    with pytest.raises(InputError, match="model.*network differs"):
+    with pytest.raises(InputError, match="model: its network differs from the configured one .unet_n_first 8 here, "
+                                         "16 in the parent.: set restoration.care to the parent's values"):
         train_care(str(care["src"]), str(care["tgt"]), care["root"] / "wider", settings.replace(unet_n_first=8), seed=1,
                    channel=0, parent=parent)
     assert no_partials(care["root"] / "wider")
+    # a parent of the other dimensionality (its config.json says 3D) is named, nothing trains
+    flat = care["root"] / "parent3d"
+    shutil.copytree(parent, flat)
+    config = json.loads((flat / "config.json").read_text())
+    (flat / "config.json").write_text(json.dumps({**config, "n_dim": 3, "axes": "ZYXC"}))
+    with pytest.raises(InputError, match="parent3d: is a 3D CARE model; it cannot be fine-tuned on 2D images"):
+        train_care(str(care["src"]), str(care["tgt"]), care["root"] / "never", settings, seed=1, channel=0, parent=flat)
+    assert no_partials(care["root"] / "never")
 
 
 # ---------------------------------------------------------------------------------------
@@ -589,11 +692,13 @@ def test_n2v_training_writes_model_folder_csv_and_png(n2v, n2v_root):
 @pytest.mark.slow
 def test_n2v_blockwise_prediction_equals_whole_image(n2v):
     assert n2v["predict"]["kind"] == "n2v" and n2v["predict"]["n_blocks"] == 2 * 3  # t batched
+    assert n2v["predict"]["halo"] == receptive_halo(2, 3, blurpool=True)  # the blur widens the receptive field
     assert n2v["pred_shape"] == [4, 96, 112] and n2v["pred_dtype"] == "float32"  # two images, one loaded model
     assert n2v["max_abs_diff"] <= 1e-5 * max(1.0, n2v["max_abs"])
     assert n2v["max_abs_diff_3d"] <= 1e-5 * 10
     assert n2v["predict_tta"]["tta"] is True and n2v["max_abs_diff_tta"] <= 1e-5 * max(1.0, n2v["max_abs"])
     assert n2v["tta_differs"] > 1e-4  # the averaged prediction is not the plain one
+    assert n2v["max_abs_diff_tta_manual"] <= 1e-5 * max(1.0, n2v["max_abs"])  # = the 8 transforms averaged by hand
 
 
 @pytest.mark.slow
@@ -601,6 +706,17 @@ def test_n2v_3d_model_from_z_stack(n2v):
     assert n2v["train3d"]["ndim"] == 3 and n2v["train3d"]["data"]["patch_shape"] == [8, 16, 16]
     assert n2v["train3d"]["training"]["epochs_run"] == 1 and n2v["train3d"]["axes"] == "zyx"
     assert n2v["struct3d"] == [[[1, 1, 1]]]  # the structured blind spot is recorded where n2v keeps it
+    assert n2v["train3d"]["settings"]["struct_mask"] == [[[1, 1, 1]]]
+    assert n2v["predict3d_tta"]["tta"] is True and n2v["max_abs_diff_3d_tta"] <= 1e-5 * 10  # its 4 mirror images
+    assert "restoration.n2v.struct_mask" in n2v["bad_struct_error"] and "3D array" in n2v["bad_struct_error"]
+    assert n2v["bad_struct_no_output"]
+
+
+@pytest.mark.slow
+def test_n2v_defaults_are_n2v2(n2v):
+    # the config's defaults reach n2v's network and masking (recorded in the model's config.json)
+    assert n2v["config2d"] == {"blurpool": True, "skip_skipone": True, "n2v_manipulator": "median",
+                               "structN2Vmask": None}
 
 
 @pytest.mark.slow

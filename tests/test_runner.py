@@ -112,3 +112,48 @@ def test_batch_and_single_sample_jobs_write_identical_outputs(project, tmp_path)
         np.testing.assert_array_equal(ngff.read_image(f"results/good{i}/normalized.ome.zarr").data[...], batch[i][0])
         assert open(f"results/good{i}/normalization.json").read() == batch[i][1]
     assert manifest_path("prepare", "b0005") in [j.outputs[0] for j in plan.stage_jobs("prepare")]
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 3 MiB tmpfs (needs root and mount; CI runs as root)."""
+    import subprocess
+
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(disk)],
+                                           capture_output=True).returncode != 0:
+        pytest.skip("a full disk is simulated with a small tmpfs: needs root and mount")
+    yield disk
+    subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def test_disk_full_is_one_line_naming_the_path_and_keeps_finished_samples(small_disk, monkeypatch):
+    """A real ENOSPC: the job stops with one line naming where it could not write; the
+    samples finished before it keep their outputs, and a rerun with room finishes the rest."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    monkeypatch.chdir(small_disk)
+    data = small_disk.parent / "data"  # the raw data elsewhere, the results on the small disk
+    data.mkdir()
+    rng = np.random.default_rng(1)
+    tifffile.imwrite(data / "small.tif", rng.integers(1, 4000, (64, 64), dtype=np.uint16))
+    tifffile.imwrite(data / "huge.tif", rng.integers(1, 60000, (8, 512, 512), dtype=np.uint16), compression="zlib")
+    (small_disk / "samples.tsv").write_text(HEADER + f"small\t{data}/small.tif\tYX\t0.5" + "\t" * 6 + "\n"
+                                            + f"huge\t{data}/huge.tif\tZYX\t1,0.5,0.5" + "\t" * 6 + "\n")
+    plan = plan_for(ingest={"compression": "none", "pyramid_levels": 1})
+    plan.write_tasks()
+    (job,) = plan.stage_jobs("prepare")
+    script = Path(__file__).resolve().parents[1] / "scripts" / "snakescope.py"
+    run = subprocess.run([sys.executable, str(script), "run", plan_path(job.name), "--threads", "1"],
+                         capture_output=True, text=True)
+    assert run.returncode == 1
+    errors = [line for line in run.stderr.splitlines() if " ERROR " in line]
+    assert len(errors) == 1 and "no room to write" in errors[0] and "results/huge" in errors[0], run.stderr
+    assert "Traceback" not in run.stderr
+    np.testing.assert_array_equal(ngff.read_image("results/small/image.ome.zarr").data[...],
+                                  tifffile.imread(data / "small.tif"))
+    assert not [p for p in Path("results/huge").rglob("*") if p.is_file() and ".partial-" not in str(p)
+                and p.name.endswith(".zarray")], "a half-written image was taken as done"

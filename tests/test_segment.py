@@ -152,12 +152,64 @@ def test_fine_tuning_keeps_the_parents_network(model, nuclei, tmp_path):
     metadata = segment.train_stardist(crops, tmp_path / "tuned", settings, split={"train": ["a"], "validation": ["b"]},
                                       seed=2, parent=model_dir)
     assert metadata["parent"] == str(model_dir) and metadata["settings"]["n_rays"] == 32
+    saved = json.loads((tmp_path / "tuned" / "snakescope.json").read_text())
+    assert saved["parent"] == str(model_dir) and saved["fine_tuning"]["freeze_encoder"] is False
     tuned = segment.load_model(tmp_path / "tuned")
     assert tuned.config.n_rays == 16 and tuned.config.train_epochs == 1
     assert (tmp_path / "tuned" / "thresholds.json").exists()
     with pytest.raises(InputError, match="config.json missing"):
         segment.train_stardist(crops, tmp_path / "never", settings, split={"train": ["a"], "validation": ["b"]},
                                seed=2, parent=tmp_path)
+    # a network other than the parent's, asked for (not the schema's default): both values named
+    for asked, message in ((dict(n_rays=64), "n_rays 64 here, 16 in the parent"),
+                           (dict(grid=[1, 1], unet_n_depth=2), r"grid \[1, 1\] here, \[2, 2\] in the parent\)")):
+        with pytest.raises(InputError, match=f"{model_dir}: its network differs from the one segmentation.stardist "
+                                             f"asks for .{message}.*set segmentation.model_2d: null"):
+            segment.train_stardist(crops, tmp_path / "never", settings.replace(**asked),
+                                   split={"train": ["a"], "validation": ["b"]}, seed=2, parent=model_dir)
+    # a parent taking several channels: named before its weights load
+    rgb = tmp_path / "rgb"
+    rgb.mkdir()
+    config = json.loads((model_dir / "config.json").read_text())
+    (rgb / "config.json").write_text(json.dumps({**config, "n_channel_in": 3}))
+    with pytest.raises(InputError, match=f"{rgb}: takes 3 input channels, the samples give 1"):
+        segment.train_stardist(crops, tmp_path / "never", settings, split={"train": ["a"], "validation": ["b"]},
+                               seed=2, parent=rgb)
+    assert not (tmp_path / "never").exists()
+
+
+def test_fine_tuning_checks_the_parent_and_can_freeze_its_encoder(model, nuclei, tmp_path):
+    """Settings the parent's network overrides are noted; freeze_encoder keeps the parent's
+    down path (grid pooling and down_level layers) and trains the rest; a parent of the
+    other dimensionality is an InputError naming it."""
+    model_dir, _ = model
+    folder, _, _ = nuclei
+    x, y = load_pairs(TrainingSource("n", str(folder / "normalized.ome.zarr"), str(folder / "labels.tif")))["n"]
+    crops = {"a": (x[:256], y[:256]), "b": (x[256:], y[256:])}
+    split = {"train": ["a"], "validation": ["b"]}
+    settings = defaults().segmentation.stardist.replace(patch_size=[128, 128], epochs=1, steps_per_epoch=3,
+                                                        batch_size=2, patience=0, learning_rate=1e-2)
+    metadata = segment.train_stardist(crops, tmp_path / "frozen", settings, split=split, seed=3, parent=model_dir,
+                                      freeze_encoder=True)
+    assert any("n_rays 32 (the parent's: 16); unet_n_depth 3 (the parent's: 2) do not apply" in note
+               for note in metadata["notes"])  # grid null: nothing asked
+    frozen = metadata["fine_tuning"]["frozen_layers"]
+    assert metadata["fine_tuning"]["freeze_encoder"] and "down_level_1_no_1" in frozen
+    assert not any(name.startswith(("middle", "up_level", "prob", "dist")) for name in frozen)
+    parent, tuned = segment.load_model(model_dir).keras_model, segment.load_model(tmp_path / "frozen").keras_model
+    weighted = [(a, b) for a, b in zip(parent.layers, tuned.layers) if a.weights]
+    assert len(frozen) == 6  # two grid-pooling convolutions, two per down level
+    for a, b in weighted[:len(frozen)]:
+        for wa, wb in zip(a.get_weights(), b.get_weights()):
+            np.testing.assert_array_equal(wa, wb)
+    assert all(any(not np.array_equal(wa, wb) for wa, wb in zip(a.get_weights(), b.get_weights()))
+               for a, b in weighted[len(frozen):])
+    with pytest.raises(InputError, match="freeze_encoder: freezes the down path of a parent model"):
+        segment.train_stardist(crops, tmp_path / "never", settings, split=split, seed=3, freeze_encoder=True)
+    volumes = {"v": (np.stack([x[:64, :64]] * 8), np.stack([y[:64, :64]] * 8))}
+    with pytest.raises(InputError, match=f"{model_dir}: is a 2D StarDist model; it cannot be fine-tuned on 3D frames"):
+        segment.train_stardist(volumes, tmp_path / "never", settings, split={"train": ["v"], "validation": []},
+                               seed=3, parent=model_dir)
     assert not (tmp_path / "never").exists()
 
 

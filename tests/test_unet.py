@@ -63,11 +63,12 @@ def tiny_frames(n=4, seed=0):
     return {f"t{t}": (normalize_percentile(image[t]), tl.labels[t].reshape(image.shape[-2:])) for t in range(n)}
 
 
-def quick_train(pairs, out, split, *, seed=0, parent=None, **settings):
+def quick_train(pairs, out, split, *, seed=0, parent=None, freeze_encoder=False, **settings):
     settings = defaults().segmentation.unet.replace(**{"architecture": arch(n_depth=1, n_filter_base=4),
                                                        "patch_size": [32, 32], "batch_size": 2, "epochs": 1,
                                                        "steps_per_epoch": 1, **settings})
-    return train_unet(pairs, out, settings, split=split, seed=seed, parent=parent, optimize_thresholds=False)
+    return train_unet(pairs, out, settings, split=split, seed=seed, parent=parent, freeze_encoder=freeze_encoder,
+                      optimize_thresholds=False)
 
 
 # ---------------------------------------------------------------------------------------
@@ -343,12 +344,30 @@ def test_fine_tuning_starts_from_the_parents_network(tmp_path):
                            architecture=arch(n_depth=2, n_filter_base=8), learning_rate=1e-9)
     child = load_unet(tmp_path / "child")
     assert metadata["parent"] == str(tmp_path / "parent") and child.architecture == parent.architecture
+    assert any("architecture is kept, so the settings' n_depth 2 (the parent's: 1); n_filter_base 8 (the parent's: 4)"
+               in note for note in metadata["notes"])
     for a, b in zip(child.keras_model.get_weights(), parent.keras_model.get_weights()):
         np.testing.assert_allclose(a, b, atol=1e-6)  # one step at a tiny learning rate: the parent's weights
     volumes = {"v": (np.stack([pairs["t0"][0]] * 4), np.stack([pairs["t0"][1]] * 4))}
-    with pytest.raises(InputError, match="2D U-Net cannot be fine-tuned on 3D frames"):
+    with pytest.raises(InputError, match="parent: is a 2D U-Net; it cannot be fine-tuned on 3D frames"):
         quick_train(volumes, tmp_path / "never", {"train": ["v"], "validation": []}, parent=tmp_path / "parent")
     assert not (tmp_path / "never").exists()
+    # freeze_encoder: the down path keeps the parent's weights, the rest trains
+    metadata = quick_train(pairs, tmp_path / "frozen", split, seed=3, parent=tmp_path / "parent", freeze_encoder=True,
+                           learning_rate=1e-2, steps_per_epoch=3)
+    assert metadata["fine_tuning"] == {"freeze_encoder": True, "frozen_layers": ["down_level_0_no_0", "down_level_0_no_1"]}
+    frozen = load_unet(tmp_path / "frozen").keras_model
+    for layer, tuned in zip(parent.keras_model.layers, frozen.layers, strict=True):  # auto-named layers differ
+        if layer.weights:
+            same = all(np.array_equal(a, b) for a, b in zip(layer.get_weights(), tuned.get_weights()))
+            assert same == layer.name.startswith("down_level"), layer.name
+    with pytest.raises(InputError, match="freeze_encoder: freezes the down path"):
+        quick_train(pairs, tmp_path / "never", split, freeze_encoder=True)
+    # another class set: InputError naming the parent
+    config = json.loads((tmp_path / "parent" / "config.json").read_text())
+    (tmp_path / "parent" / "config.json").write_text(json.dumps({**config, "classes": ["background", "cell"]}))
+    with pytest.raises(InputError, match=r"parent: predicts the classes \['background', 'cell'\], not"):
+        quick_train(pairs, tmp_path / "never", split, parent=tmp_path / "parent")
 
 
 # ---------------------------------------------------------------------------------------

@@ -29,7 +29,7 @@ from snakescope.io.tiff import expand_image_path
 
 SCHEMA_DIR = Path(__file__).resolve().parents[2] / "workflow" / "schemas"
 SHEET_COLUMNS = ("sample_id", "image", "axes", "voxel_size", "time_interval", "channel", "scene",
-                 "labels", "tracks", "points", "target", "class_truth")
+                 "labels", "types", "tracks", "points", "target", "class_truth")
 
 
 class ConfigError(ValueError):
@@ -54,6 +54,7 @@ class Sample:
     target: str | None = None
     class_truth: str | None = None
     scene: str | None = None
+    types: str | None = None
 
     def spatial_ndim(self) -> int:
         """2 or 3, from the axes (or, where the sheet leaves them out, the file's metadata)."""
@@ -70,7 +71,7 @@ class Sample:
     def input_files(self) -> list[str]:
         """Every file this sample reads (for provenance checksums and rerun triggers)."""
         files = [str(p) for p in expand_image_path(self.image)]
-        for extra in (self.labels, self.points, self.target, self.class_truth):
+        for extra in (self.labels, self.types, self.points, self.target, self.class_truth):
             if extra:
                 files += [str(p) for p in expand_image_path(extra)]
         if self.tracks:
@@ -310,7 +311,7 @@ def to_sample(row: dict) -> Sample:
         sample_id=row["sample_id"], image=row["image"], axes=axes, voxel_size=voxel,
         channel=int(row.get("channel", 0)), labels=row.get("labels"), tracks=row.get("tracks"),
         points=row.get("points"), target=row.get("target"), class_truth=row.get("class_truth"),
-        scene=row.get("scene"),
+        scene=row.get("scene"), types=row.get("types"),
     )
 
 
@@ -343,6 +344,12 @@ def load(config: dict, config_name: str = "config") -> tuple[dict, dict[str, Sam
         files = expand_image_path(sample.image)
         if not files or not all(p.exists() for p in files):
             warnings.append(f"{label}: image {sample.image} not found; its jobs will fail, the other samples go on")
+    for key in ("restoration.train_samples", "restoration.samples", "segmentation.train_samples"):
+        section, name = key.split(".")
+        chosen = config.get(section, {}).get(name, "all")
+        unknown = sorted(set(chosen) - set(samples)) if isinstance(chosen, list) and not sheet_problems else []
+        if unknown:
+            problems.append(f"{config_name}: key '{key}': no sample {', '.join(map(repr, unknown))} in {sheet}")
     scatter = config.get("segmentation", {}).get("scatter", {})
     if isinstance(scatter, dict) and scatter:
         unknown = sorted(set(scatter) - set(samples))
@@ -446,6 +453,7 @@ class N2VTraining(CARETraining):
     batch_norm: bool
     blurpool: bool
     skip_skipone: bool
+    struct_mask: list | None
 
 
 #: Keys of the restoration settings that only Noise2Void has.
@@ -459,7 +467,9 @@ class Restoration(Section):
     model_2d: str | None
     model_3d: str | None
     train_samples: str | list
+    samples: str | list
     block_shape: dict | None
+    tta: bool
     fine_tune: FineTune
     n2v: N2VTraining
     care: CARETraining
@@ -495,6 +505,7 @@ class UNetTraining(Section):
     patience: int
     augment: bool
     time_limit: float | None
+    types: list
 
 
 @dataclass(frozen=True)
@@ -565,6 +576,26 @@ class Tracking(Section):
 
 
 @dataclass(frozen=True)
+class Detection(Section):
+    """Boxes of segmented objects, and the box detector (snakescope.detection)."""
+
+    export_boxes: bool
+    architecture: dict
+    patch_size: list
+    epochs: int
+    steps_per_epoch: int
+    batch_size: int
+    learning_rate: float
+    lr_schedule: str
+    patience: int
+    augment: bool
+    time_limit: float | None
+    score_thresh: float | None
+    nms_iou: float
+    block_size: int
+
+
+@dataclass(frozen=True)
 class Sweep(Section):
     """Grid search: {model: {setting: [values]}} and the metric that picks the best
     (snakescope.training.sweep)."""
@@ -613,6 +644,7 @@ class Config(Section):
     segmentation: Segmentation
     classification: Classification
     tracking: Tracking
+    detection: Detection
     sweep: Sweep
     publication: Publication
     batching: Batching

@@ -16,6 +16,9 @@ config.update(_validated)
 PLAN = Plan(Config.from_dict(_validated), SAMPLES)
 for _warning in _warnings + PLAN.warnings():
     logger.warning(_warning)
+# Every changed task file is rewritten before the DAG is built: Snakemake caches the
+# modification times of a folder's files when it first looks at one of them.
+PLAN.write_tasks()
 
 
 wildcard_constraints:
@@ -78,13 +81,26 @@ def job_digest(name):
 
 
 def job_files(rule):
-    """Files whose change reruns the job: raw images, ground truth, models."""
-    return lambda wc: PLAN.job(job_name(rule, wc)).inputs
+    """Files whose change reruns the job: its task file (rewritten when the job's digest
+    changes, e.g. a raw image changed) and the models it reads."""
+    return lambda wc: [
+        *PLAN.job(job_name(rule, wc)).inputs,
+        PLAN.task_file(job_name(rule, wc)),
+    ]
+
+
+def job_follows(rule):
+    """Upstream stage manifests of the batch: the stage job runs after them, and again when
+    they are rewritten (its samples whose inputs did not change are skipped by their stamps).
+    Not ancient: Snakemake skips a job's other rerun checks while an ancient input's producer
+    runs, so a changed image would not reach the later stages."""
+    return lambda wc: PLAN.job(job_name(rule, wc)).after
 
 
 def job_waits_for(rule):
-    """Upstream stage outputs the job waits for; their being rewritten reruns it only
-    through its plan (ancient), so a no-op upstream rerun does not cascade."""
+    """Upstream stage manifests a training job waits for; their being rewritten reruns it
+    only through its plan (ancient): a model is not retrained because a batch ran again.
+    """
     return lambda wc: [ancient(p) for p in PLAN.job(job_name(rule, wc)).after]
 
 

@@ -27,7 +27,7 @@ rule prepare:
 rule restore:
     input:
         data=job_files("restore"),
-        after=job_waits_for("restore"),
+        after=job_follows("restore"),
     output:
         manifest_path("restore", "{batch}"),
     log:
@@ -53,7 +53,7 @@ rule restore:
 rule segment:
     input:
         data=job_files("segment"),
-        after=job_waits_for("segment"),
+        after=job_follows("segment"),
     output:
         manifest_path("segment", "{batch}"),
     log:
@@ -114,7 +114,7 @@ rule segment_part:
 rule finish:
     input:
         data=job_files("finish"),
-        after=job_waits_for("finish"),
+        after=job_follows("finish"),
     output:
         manifest_path("finish", "{batch}"),
     log:

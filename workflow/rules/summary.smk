@@ -41,6 +41,7 @@ rule gather_pixel_classes:
             caption="../report/class_confusion_total.rst",
             category="Metrics",
         ),
+        percent="results/metrics/class_confusion_percent.csv",
     log:
         "logs/jobs/gather_pixel_classes.log",
     conda:
@@ -49,7 +50,7 @@ rule gather_pixel_classes:
         snakescope=snakescope_for("imaging"),
     shell:
         "{params.snakescope} gather pixel_classes --out {output.confusion:q}"
-        " {output.scores:q} {output.plot:q} --manifests {input:q} > {log:q} 2>&1"
+        " {output.scores:q} {output.plot:q} {output.percent:q} --manifests {input:q} > {log:q} 2>&1"
 
 
 rule summary:

@@ -14,6 +14,7 @@ test part, the evaluation of the best weights on it under ``test/``.
 
 from __future__ import annotations
 
+import logging
 import math
 from pathlib import Path
 from typing import Sequence
@@ -22,7 +23,7 @@ import numpy as np
 
 from snakescope.classification.metrics import evaluate
 from snakescope.classification.model import (DEFAULT_DENSE, DEFAULT_DROPOUT, DEFAULT_FILTERS, build_classifier,
-                                             transfer_from_classifier)
+                                             read_classifier_config, transfer_from_classifier)
 from snakescope.classification.patches import NORMALIZE_MODES, PERCENTILES, as_patch_array, normalize_patches
 from snakescope.classification.predict import predict_probabilities
 from snakescope.errors import InputError
@@ -32,7 +33,9 @@ from snakescope.training.harness import CONFIG, METADATA, Schedule, TrainingRun,
 from snakescope.training.splits import (STRATIFIED_PARTS, make_or_load_stratified_split, stratified_split,
                                         write_stratified_split)
 
-__all__ = ["AUGMENT_BLUR", "AUGMENT_INTENSITY", "AUGMENT_NOISE", "IMBALANCE_MODES", "class_weights",
+log = logging.getLogger(__name__)
+
+__all__ = ["AUGMENT_BLUR", "AUGMENT_INTENSITY", "AUGMENT_NOISE", "IMBALANCE_MODES", "check_parent", "class_weights",
            "train_classifier"]
 
 IMBALANCE_MODES = ("weights", "sampling", "none")
@@ -116,6 +119,39 @@ def _make_sequence(x, y, weights, batch_size, seed, *, augment, sampling, spatia
             self.order = self._order()
 
     return PatchSequence()
+
+
+def check_parent(source, input_shape: Sequence[int], time_window: int, class_names: Sequence[str], *,
+                 resize_to=None) -> list[str]:
+    """Check that the snakescope classifier ``source`` (its folder, or a weights file beside
+    its config.json) can be fine-tuned on patches of ``input_shape`` (spatial shape, then
+    channels x frames) with ``time_window`` and ``class_names``; return notes.
+
+    InputError naming the folder when the time window, the channels or (unless either model
+    resizes its input) the patch shape differ. Other classes than the parent's are no error:
+    the new model gets a new class layer (noted), the rest is transferred.
+    """
+    source = Path(source)
+    folder = source if source.is_dir() else source.parent
+    config = read_classifier_config(folder)
+    theirs, mine = [int(v) for v in config["input_shape"]], [int(v) for v in input_shape]
+    problems = []
+    if int(config.get("time_window", 0)) != int(time_window):
+        problems.append(f"time window {config.get('time_window', 0)} (classification.time_window here: {time_window})")
+    if theirs[-1] != mine[-1]:
+        problems.append(f"{theirs[-1]} input channels (channels x frames; here {mine[-1]})")
+    resized = resize_to or config.get("architecture", {}).get("resize_to")
+    if theirs[:-1] != mine[:-1] and not resized:
+        problems.append(f"patches of {theirs[:-1]} pixels (here {mine[:-1]}: set classification.patch_size to match)")
+    if problems:
+        raise InputError(folder, f"cannot be fine-tuned on these patches: it was trained on {'; '.join(problems)}")
+    parent_classes = list(config["class_names"])
+    if parent_classes == list(class_names):
+        return []
+    new = [c for c in class_names if c not in parent_classes]
+    return [f"fine-tuning {folder}: its classes are {', '.join(parent_classes)}; "
+            + (f"{', '.join(new)} {'is' if len(new) == 1 else 'are'} new, so " if new else "")
+            + "a new class layer is trained on top of the transferred ones"]
 
 
 def _check_labels(labels, n, class_names, sources) -> list[str]:
@@ -242,6 +278,8 @@ def train_classifier(
                         patience=int(settings.patience), time_limit=settings.time_limit)
     from_classifier = pretrained_weights is not None and backbone is None
     spatial_ndim = x.ndim - 2
+    transfer_notes = check_parent(pretrained_weights, x.shape[1:], time_window, class_names,
+                                  resize_to=resize_to) if from_classifier else []
     with TrainingRun(out_dir, kind="classifier", ndim=spatial_ndim, seed=seed, schedule=schedule,
                      parent=pretrained_weights if from_classifier else None) as run:
         if split_path is None:
@@ -255,6 +293,8 @@ def train_classifier(
         input_shape = tuple(int(s) for s in x.shape[1:])
         model = build_classifier(input_shape, len(class_names),
                                  backbone_weights=pretrained_weights if backbone is not None else None, **architecture)
+        for note in transfer_notes:
+            log.warning("%s", note)
         copied = transfer_from_classifier(model, Path(pretrained_weights), class_names) if from_classifier else []
         frozen = []
         if pretrained_weights is not None and freeze_pretrained:
@@ -289,7 +329,8 @@ def train_classifier(
             extra={"classifier": {"class_names": class_names, "class_weights": weights_by_class,
                                   "augmentation": {"noise": noise, "blur": blur, "intensity": intensity},
                                   "pretrained_weights": str(pretrained_weights) if pretrained_weights is not None else None,
-                                  "pretrained_layers": len(copied), "frozen_layers": frozen},
+                                  "pretrained_layers": len(copied), "frozen_layers": frozen,
+                                  **({"transfer_notes": transfer_notes} if transfer_notes else {})},
                    "test": None})
         if len(te):  # finish() left the best weights in the model
             probabilities = predict_probabilities(model, x[te], tta=tta)

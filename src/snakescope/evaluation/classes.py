@@ -1,8 +1,9 @@
 """Pixel-class accuracy: confusion matrices of class maps and per-class scores.
 
 :func:`semantic_metrics` / :func:`confusion_metrics` give the confusion matrix of pixel
-classes (e.g. the U-Net's background / contour / body) and per-class IoU;
-:func:`write_confusion` writes a matrix as CSV and PNG; :func:`class_metrics_table` scores
+classes (e.g. the U-Net's background / contour / body, or per cell type) and per-class IoU;
+:func:`write_confusion` writes a matrix as CSV (counts, and row percentages:
+:func:`confusion_percent`) and PNG; :func:`class_metrics_table` scores
 each class; :func:`write_class_scores` adds samples' confusion matrices up (counts, never
 averages) and writes the matrix and the scores (:func:`read_confusion` reads one back).
 """
@@ -18,8 +19,8 @@ import pandas as pd
 from snakescope.errors import InputError
 from snakescope.io.atomic import atomic_path
 
-__all__ = ["CLASS_METRIC_COLUMNS", "class_metrics_table", "confusion_metrics", "read_confusion", "semantic_metrics",
-           "write_class_scores", "write_confusion"]
+__all__ = ["CLASS_METRIC_COLUMNS", "class_metrics_table", "confusion_metrics", "confusion_percent", "read_confusion",
+           "semantic_metrics", "write_class_scores", "write_confusion"]
 
 
 def confusion_metrics(cm, class_names: Sequence[str]) -> dict:
@@ -67,9 +68,22 @@ def semantic_metrics(gt_classes, pred_classes, class_names: Sequence[str] = ("ba
     return confusion_metrics(cm, class_names)
 
 
-def write_confusion(cm, class_names: Sequence[str], csv_path: str | Path, png_path: str | Path, title: str = "") -> None:
+def confusion_percent(cm, class_names: Sequence[str]) -> pd.DataFrame:
+    """The confusion matrix in row percentages: each true class's pixels by predicted class,
+    summing to 100 per row (its diagonal is the class's recall; empty where a class has no
+    true pixels), as the table of a pixel classifier is usually read."""
+    cm = np.asarray(cm, dtype=np.float64)
+    rows = cm.sum(1, keepdims=True)
+    percent = np.divide(100.0 * cm, rows, out=np.full(cm.shape, np.nan), where=rows > 0)
+    names = [str(n) for n in class_names]
+    return pd.DataFrame(percent, index=pd.Index(names, name="true \\ predicted (% of true class)"), columns=names)
+
+
+def write_confusion(cm, class_names: Sequence[str], csv_path: str | Path, png_path: str | Path, title: str = "",
+                    percent_csv: str | Path | None = None) -> None:
     """Confusion matrix as CSV (counts; rows true class, columns predicted) and as PNG
-    (counts and row-normalised fractions, every cell annotated)."""
+    (counts and row-normalised fractions, every cell annotated); with ``percent_csv`` also
+    the row percentages (:func:`confusion_percent`)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -80,6 +94,9 @@ def write_confusion(cm, class_names: Sequence[str], csv_path: str | Path, png_pa
     table = pd.DataFrame(cm, index=pd.Index(names, name="true \\ predicted"), columns=names)
     with atomic_path(csv_path) as tmp:
         table.to_csv(tmp)
+    if percent_csv is not None:
+        with atomic_path(percent_csv) as tmp:
+            confusion_percent(cm, names).to_csv(tmp, float_format="%.2f")
     rows = cm.sum(1, keepdims=True)
     norm = np.divide(cm, rows, out=np.zeros(cm.shape, np.float64), where=rows > 0)
     fig, axes = plt.subplots(1, 2, figsize=(4 + 2.2 * len(names), 1.5 + 1.1 * len(names)))
@@ -151,11 +168,12 @@ def read_confusion(path: str | Path, class_names: Sequence[str]) -> np.ndarray:
 
 def write_class_scores(per_sample: Mapping[str, np.ndarray], class_names: Sequence[str], confusion_csv: str | Path,
                        metrics_csv: str | Path, png: str | Path, *, title: str = "",
-                       total_name: str | None = "ALL") -> pd.DataFrame:
+                       total_name: str | None = "ALL", percent_csv: str | Path | None = None) -> pd.DataFrame:
     """Add samples' pixel-class confusion matrices up and write the result.
 
     The matrices are summed as counts (so every pixel weighs the same, whichever sample it is
-    in) into ``confusion_csv`` / ``png`` (:func:`write_confusion`). ``metrics_csv`` gets the
+    in) into ``confusion_csv`` / ``png`` and, given, its row percentages into
+    ``percent_csv`` (:func:`write_confusion`). ``metrics_csv`` gets the
     :func:`class_metrics_table` of every sample (column ``sample``) and, unless
     ``total_name`` is None, of the summed matrix (sample ``total_name``): its IoU is the
     summed intersection over the summed union, not the mean of the samples' IoUs.
@@ -175,7 +193,8 @@ def write_class_scores(per_sample: Mapping[str, np.ndarray], class_names: Sequen
     table = table[["sample", *CLASS_METRIC_COLUMNS]]
     scores = confusion_metrics(total, class_names)
     heading = f"mean IoU {scores['mean_iou']:.3f}, pixel accuracy {scores['pixel_accuracy']:.3f}"
-    write_confusion(total, class_names, confusion_csv, png, title=f"{title}\n{heading}" if title else heading)
+    write_confusion(total, class_names, confusion_csv, png, title=f"{title}\n{heading}" if title else heading,
+                    percent_csv=percent_csv)
     with atomic_path(metrics_csv) as tmp:
         table.to_csv(tmp, index=False, float_format="%.6g")
     return table

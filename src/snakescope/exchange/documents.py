@@ -202,7 +202,9 @@ def write_cover(path: Path, item: Exportable, test_input: np.ndarray, test_outpu
         frame = np.asarray(output)[0]
         while frame.ndim > 3:
             frame = frame[frame.shape[0] // 2]
-        right.imshow(np.clip(frame[..., [1, 2, 0]] * [1.0, 1.0, 0.0], 0, 1))
+        # contours (odd channels) and bodies (even ones): per cell type for a typed U-Net
+        contour, body = frame[..., 1::2].sum(-1), frame[..., 2::2].sum(-1)
+        right.imshow(np.clip(np.stack([contour, body, np.zeros_like(body)], -1).astype(np.float64), 0, 1))
         right.set_title("contour (red), body (green)", fontsize=9)
     else:
         right.imshow(_middle(output), cmap="gray")

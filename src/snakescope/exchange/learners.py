@@ -290,7 +290,7 @@ def stardist_labels(prob: np.ndarray, dist: np.ndarray, kwargs: dict, shape) -> 
 
 
 def _unet(folder: Path) -> Exportable:
-    from snakescope.segmentation.unet import CLASS_NAMES, load_unet, predict_probabilities
+    from snakescope.segmentation.unet import load_unet, predict_probabilities
     from snakescope.segmentation.unet.network import divisor, receptive_field_radius, round_up
 
     unet = load_unet(folder)
@@ -308,13 +308,21 @@ def _unet(folder: Path) -> Exportable:
              f"the body probability within the foreground (1 - background above {post['foreground_threshold']:g}); "
              f"objects under {post['min_size']} px are removed. These thresholds were tuned on the validation "
              "images and are in `config.snakescope.postprocessing`.")
+    title = f"three-class U-Net {unet.ndim}D"
+    if unet.types:  # a typed U-Net: background, then each type's contour and body
+        usage = usage.replace("background, object contour and object body",
+                              f"background and each cell type's ({', '.join(unet.types)}) object contour and body "
+                              "(channels in that order)").replace("the body probability", "the body probability "
+                                                                  "(the types' bodies summed)")
+        usage += " Each object's type is the one most of its pixels have."
+        title = f"typed U-Net {unet.ndim}D ({', '.join(unet.types)})"
     return Exportable(
         kind="unet", ndim=unet.ndim, network=unet.keras_model, sizes=_parameterized(div, halo), halo=halo,
         input_channels=["intensity"],
-        output={"id": "probabilities", "description": "class probabilities per pixel", "channels": list(CLASS_NAMES),
-                "dtype": "float32", "range": [0.0, 1.0]},
+        output={"id": "probabilities", "description": "class probabilities per pixel",
+                "channels": list(unet.class_names), "dtype": "float32", "range": [0.0, 1.0]},
         predict=predict, tags=["unet", "semantic-segmentation", "instance-segmentation"],
-        cite=[CITATIONS["unet"], CITATIONS["care"]], title=f"three-class U-Net {unet.ndim}D", usage=usage,
+        cite=[CITATIONS["unet"], CITATIONS["care"]], title=title, usage=usage,
         config={"snakescope": {"postprocessing": post}})
 
 

@@ -1,4 +1,5 @@
-"""TIFF -> OME-Zarr, streamed slab by slab with the values copied exactly."""
+"""A sample's image (TIFF, OME-TIFF, CZI, ND2, LIF) -> OME-Zarr, streamed slab by slab with the
+values copied exactly."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import numpy as np
 from snakescope.io import ngff
 from snakescope.io.atomic import atomic_path
 from snakescope.errors import InputError
-from snakescope.io.tiff import open_tiff
+from snakescope.io.formats import open_image
 from snakescope.settings import Ingest, defaults
 
 log = logging.getLogger(__name__)
@@ -54,8 +55,12 @@ def ingest(
     voxel_size: dict | None = None,
     settings: Ingest | None = None,
     threads: int = 2,
+    scene: str | None = None,
 ) -> dict:
-    """Copy a sample's TIFF data into ``out`` as an OME-NGFF image; return its summary.
+    """Copy a sample's image into ``out`` as an OME-NGFF image; return its summary.
+
+    ``voxel_size`` (the sheet's, µm per axis and 't' in s) wins over the file's metadata,
+    which wins over 1. ``scene``: which scene of a CZI, ND2 or LIF file (default the first).
 
     ``settings``: chunks, pyramid and compression (the config's ``ingest`` section; None:
     the schema's defaults). Raises InputError (naming the file) for unreadable, truncated,
@@ -64,7 +69,7 @@ def ingest(
     settings = settings or defaults().ingest
     chunks, pyramid_levels = settings.chunks, settings.pyramid_levels
     compression, pyramid_method = settings.compression, settings.pyramid_method
-    source = open_tiff(image, axes)
+    source = open_image(image, axes, scene)
     src_axes = source.axes.lower()
     axes_out = ngff.canonical_axes(src_axes)
     order = [src_axes.index(a) for a in axes_out]
@@ -108,7 +113,7 @@ def ingest(
         if stats.count == 0 or stats.min == stats.max:
             raise InputError(where, f"constant image: every pixel is {stats.min:g}; nothing to analyse")
         ngff.write_pyramid(group, axes_out, shapes, chunk_shape, dtype, compression, workers, pyramid_method, first=2)
-        scale = ngff.scale_for(axes_out, voxel_size or {})
+        scale = ngff.scale_for(axes_out, {**source.voxel_size, **(voxel_size or {})})
         group.attrs["multiscales"] = [ngff.multiscales_metadata(axes_out, scale, len(shapes), name, method=pyramid_method)]
         n_channels = shape[axes_out.index("c")] if "c" in axes_out else 1
         windows = [(lo, hi, lo, hi) for lo, hi in (stats.channels.get(c, (stats.min, stats.max))
@@ -125,6 +130,8 @@ def ingest(
             "max": stats.max,
             "levels": len(shapes),
         }
+        if getattr(source, "scene", None):
+            summary["scene"] = source.scene
         group.attrs["snakescope"] = {"ingest": summary}
     log.info("wrote %s (%d levels, min %g, max %g)", out, len(shapes), stats.min, stats.max)
     return summary

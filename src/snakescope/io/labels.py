@@ -53,12 +53,66 @@ def read_labels(path: str, expected_shape, where: str) -> np.ndarray:
     return labels
 
 
+#: Column names a types table may give the type under (``class_name``: the synthetic
+#: generator's classes.csv and the classifier's tables).
+TYPE_COLUMNS = ("type", "class_name", "class")
+
+
+def read_types(path: str, expected_shape, type_names, where: str):
+    """A sample's object types for a typed U-Net: from a CSV (columns ``label`` and ``type``;
+    a type is a name of ``type_names`` or its id 1, 2, ...) {label: type id}, else from a
+    type image (TIFF or glob, read and checked as :func:`read_labels`) the array of type ids.
+    Problems raise InputError naming ``path``."""
+    if not str(path).lower().endswith(".csv"):
+        return read_labels(path, expected_shape, where)
+    import pandas as pd
+
+    if not Path(path).is_file():
+        raise InputError(path, "types file not found")
+    try:
+        table = pd.read_csv(path, dtype=str, skipinitialspace=True)
+    except Exception as exc:  # noqa: BLE001 - name the file that cannot be read
+        raise InputError(path, f"cannot read the types table ({type(exc).__name__}: {exc})") from None
+    column = next((c for c in TYPE_COLUMNS if c in table.columns), None)
+    if "label" not in table.columns or column is None:
+        raise InputError(path, f"needs the columns label and type (got {', '.join(map(str, table.columns))})")
+    ids = {str(name): k for k, name in enumerate(type_names, start=1)} | {str(k): k for k in range(1, len(type_names) + 1)}
+    table = table.dropna(subset=["label"])
+    labels = pd.to_numeric(table["label"], errors="coerce")
+    if labels.isna().any() or (labels < 1).any() or (labels % 1 != 0).any():
+        raise InputError(path, "column label must hold object ids (whole numbers from 1)")
+    unknown = sorted(set(table[column].astype(str).str.strip()) - set(ids))
+    if unknown:
+        raise InputError(path, f"unknown type(s) {unknown[:5]}: use the names {list(type_names)} "
+                               "(segmentation.unet.types) or their ids 1, 2, ...")
+    types = {}
+    for label, value in zip(labels.astype(int), table[column].astype(str).str.strip()):
+        if types.setdefault(int(label), ids[value]) != ids[value]:
+            raise InputError(path, f"label {label} is given two types")
+    return types
+
+
 #: The labels image of a labels.ome.zarr that holds the U-Net's pixel classes.
 CLASS_MAP = "classes"
 
 
 #: NGFF label colours of the class map (background transparent).
 CLASS_COLORS = ([0, 0, 0, 0], [255, 200, 0, 255], [0, 120, 255, 255])
+#: Colours of the cell types of a typed U-Net's class map (cycled): each type's body, and
+#: its contour a lighter shade.
+TYPE_COLORS = ([0, 120, 255], [255, 90, 60], [40, 180, 80], [170, 80, 220], [240, 180, 0], [0, 190, 200])
+
+
+def class_colors(n_classes: int) -> list[list[int]]:
+    """RGBA per class of a class map: :data:`CLASS_COLORS` for three classes, else per type
+    (contour 2k - 1, body 2k) from :data:`TYPE_COLORS`."""
+    if n_classes <= len(CLASS_COLORS):
+        return [list(c) for c in CLASS_COLORS[:n_classes]]
+    colors = [list(CLASS_COLORS[0])]
+    for k in range((n_classes - 1) // 2):
+        body = TYPE_COLORS[k % len(TYPE_COLORS)]
+        colors += [[(c + 255) // 2 for c in body] + [255], list(body) + [255]]
+    return colors
 
 
 def write_label_image(image_path, out_path, segment_frame, *, channel: int = 0, name: str = "segmentation",
@@ -95,7 +149,7 @@ def write_label_image(image_path, out_path, segment_frame, *, channel: int = 0, 
         if class_levels:
             ngff.write_pyramid(class_group, label_axes, shapes, label_chunks, np.uint8, "lz4", 2, "nearest")
             label_metadata(class_group, label_axes, scale, len(shapes), CLASS_MAP,
-                            colors=[{"label-value": i, "rgba": c} for i, c in enumerate(CLASS_COLORS[:len(class_names)])],
+                            colors=[{"label-value": i, "rgba": c} for i, c in enumerate(class_colors(len(class_names)))],
                             properties=[{"label-value": i, "class": str(n)} for i, n in enumerate(class_names)])
         result = {**(summary or {}), "objects_per_frame": counts}
         root.attrs["snakescope"] = {"segmentation": result}
@@ -137,9 +191,17 @@ def read_labels_image(path: str | Path) -> ngff.NgffImage:
 
 
 def read_class_map(path: str | Path) -> ngff.NgffImage:
-    """The U-Net's class map (uint8: 0 background, 1 contour, 2 body) in an NGFF labels group."""
+    """The U-Net's class map (uint8: 0 background, 1 contour, 2 body; a typed U-Net's per
+    type, see :func:`class_map_names`) in an NGFF labels group."""
     root = ngff.open_group(path, "r")
     if CLASS_MAP not in list(root.attrs.get("labels", []))[1:]:
         raise InputError(path, "holds no U-Net class map (segmented by another method, or before class maps were "
                                "kept): delete it to segment again with segmentation.method unet")
     return ngff.read_image(Path(path) / CLASS_MAP)
+
+
+def class_map_names(path: str | Path) -> tuple[list[str], list[str]]:
+    """(class names, cell types) of the class map in an NGFF labels group: the three classes
+    and no types, or a typed U-Net's (its segmentation summary names them)."""
+    summary = ngff.open_group(path, "r").attrs.get("snakescope", {}).get("segmentation", {})
+    return list(summary.get("classes", ["background", "contour", "body"])), list(summary.get("types", []))

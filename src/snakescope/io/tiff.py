@@ -55,6 +55,7 @@ class TiffSource:
     array: object = field(repr=False)
     file_axes: str | None = None
     channel_names: list[str] | None = None  # from the file's OME or ImageJ metadata
+    voxel_size: dict = field(default_factory=dict)  # µm per spatial axis, 't' in s, from OME metadata
 
     @property
     def shape(self):
@@ -155,6 +156,7 @@ def open_tiff(image: str | Path, axes: str | None) -> TiffSource:
         page_shape, page_dtype = tuple(series.shape), series.dtype
         contiguous_offset = series.dataoffset
         channel_names = _channel_names(first)
+        ome_sizes = _ome_voxel_size(first)
     finally:
         first.close()
 
@@ -198,7 +200,9 @@ def open_tiff(image: str | Path, axes: str | None) -> TiffSource:
     n_channels = shape[axes.index("C")] if "C" in axes else 1
     if channel_names is not None and len(channel_names) != n_channels:
         channel_names = None  # names of another layout (e.g. a different series): not these channels
-    return TiffSource(files=files, axes=axes, array=array, file_axes=file_axes, channel_names=channel_names)
+    voxel_size = {a: v for a, v in ome_sizes.items() if a.upper() in axes}
+    return TiffSource(files=files, axes=axes, array=array, file_axes=file_axes, channel_names=channel_names,
+                      voxel_size=voxel_size)
 
 
 def _channel_names(tf) -> list[str] | None:
@@ -211,3 +215,31 @@ def _channel_names(tf) -> list[str] | None:
             return names
     labels = (tf.imagej_metadata or {}).get("Labels")
     return list(labels) if isinstance(labels, list) and labels else None
+
+
+#: OME length and time units -> micrometres and seconds (the OME defaults are µm and s).
+_OME_UNITS = {"µm": 1.0, "um": 1.0, "nm": 1e-3, "Å": 1e-4, "pm": 1e-6, "mm": 1e3, "cm": 1e4, "m": 1e6,
+              "s": 1.0, "ms": 1e-3, "µs": 1e-6, "us": 1e-6, "ns": 1e-9, "min": 60.0, "h": 3600.0}
+
+
+def _ome_voxel_size(tf) -> dict:
+    """Physical pixel sizes (µm) and the time increment (s) of an OME-TIFF's first image."""
+    from xml.etree import ElementTree
+
+    if not tf.ome_metadata:
+        return {}
+    try:
+        pixels = ElementTree.fromstring(tf.ome_metadata).find("{*}Image/{*}Pixels")
+    except ElementTree.ParseError:
+        return {}
+    sizes = {}
+    for axis, key, default in (("z", "PhysicalSizeZ", "µm"), ("y", "PhysicalSizeY", "µm"),
+                               ("x", "PhysicalSizeX", "µm"), ("t", "TimeIncrement", "s")):
+        value, unit = (pixels.get(key), pixels.get(f"{key}Unit", default)) if pixels is not None else (None, None)
+        try:
+            size = float(value) * _OME_UNITS[unit]
+        except (TypeError, ValueError, KeyError):  # absent, not a number, or a unit we do not convert
+            continue
+        if size > 0:
+            sizes[axis] = size
+    return sizes

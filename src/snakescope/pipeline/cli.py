@@ -32,7 +32,8 @@ def _parser() -> argparse.ArgumentParser:
     gather = sub.add_parser("gather", help="gather per-sample metrics")
     gather.add_argument("kind", choices=["restoration", "segmentation", "classification", "tracking", "pixel_classes"])
     gather.add_argument("--out", nargs="+", required=True,
-                        help="the table; for pixel_classes the summed confusion (CSV), the scores (CSV) and the plot")
+                        help="the table; for pixel_classes the summed confusion (CSV), the scores (CSV), the plot "
+                             "and the row percentages (CSV)")
     gather.add_argument("--manifests", nargs="+", required=True, help="the finish stage's manifests")
     check = sub.add_parser("check", help="fail when samples failed")
     check.add_argument("failures")

@@ -34,8 +34,11 @@ def evaluated_outputs(manifests, step: str) -> dict[str, dict]:
 def gather_metrics(kind: str, manifests, out: str, *class_outputs: str) -> pd.DataFrame | None:
     """Write ``out`` (CSV): every evaluated sample's metrics and an ``ALL`` row (or rows).
     ``pixel_classes`` (U-Net): the confusion counts added up (``out``), then scored
-    (``class_outputs``: the scores CSV and the plot)."""
+    (``class_outputs``: the scores CSV, the plot and optionally the row percentages CSV);
+    the classes are those of the samples' matrices (per cell type for a typed U-Net)."""
     outputs = evaluated_outputs(manifests, STEP_OF[kind])
+    if kind == "pixel_classes":  # a typed U-Net scores only the samples with types
+        outputs = {s: o for s, o in outputs.items() if "class_confusion" in o}
     if not outputs:  # every sample to evaluate failed (the summary says why): an empty table
         for path in (out, *class_outputs):
             with atomic_path(path) as tmp:
@@ -43,11 +46,13 @@ def gather_metrics(kind: str, manifests, out: str, *class_outputs: str) -> pd.Da
         return None
     if kind == "pixel_classes":
         from snakescope.evaluation.classes import read_confusion, write_class_scores
-        from snakescope.segmentation.unet import CLASS_NAMES
 
-        matrices = {s: read_confusion(o["class_confusion"], CLASS_NAMES) for s, o in outputs.items()}
-        write_class_scores(matrices, CLASS_NAMES, out, *class_outputs,
-                           title=f"U-Net pixel classes: {len(matrices)} samples summed")
+        first = next(iter(outputs.values()))["class_confusion"]
+        names = [str(c) for c in pd.read_csv(first, index_col=0, nrows=0).columns]  # every sample's must match
+        matrices = {s: read_confusion(o["class_confusion"], names) for s, o in outputs.items()}
+        scores, plot, *percent = class_outputs
+        write_class_scores(matrices, names, out, scores, plot, title=f"U-Net pixel classes: {len(matrices)} samples "
+                           "summed", percent_csv=percent[0] if percent else None)
         return None
     if kind == "segmentation":
         from snakescope.evaluation.instances import summarize

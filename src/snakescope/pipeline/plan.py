@@ -95,6 +95,12 @@ def existing_files(pattern: str | None) -> list[str]:
     return [str(p) for p in expand_image_path(pattern) if p.is_file()]
 
 
+def _file_stamp(path: str) -> list[int]:
+    """(size, modification time in ns) of a file: what says it changed."""
+    st = os.stat(path)
+    return [st.st_size, st.st_mtime_ns]
+
+
 @dataclass(frozen=True)
 class Batch:
     id: str
@@ -134,10 +140,13 @@ class Plan:
             self._existing[pattern] = existing_files(pattern)
         return self._existing[pattern]
 
+    def raw_files(self, spec: dict) -> list[str]:
+        """The user's files a step reads (images, ground truth, annotations)."""
+        return [f for key in spec["raw"] for f in self.existing(spec["inputs"][key])]
+
     def external_files(self, spec: dict) -> list[str]:
         """The user's files and model folders a step reads: a change reruns its job."""
-        return [f for key in spec["raw"] for f in self.existing(spec["inputs"][key])] + [
-            spec["inputs"][key] for key in spec["models"]]
+        return self.raw_files(spec) + [spec["inputs"][key] for key in spec["models"]]
 
     # ---- what happens to each sample ------------------------------------------------
 
@@ -156,6 +165,7 @@ class Plan:
         return tuple(s.sample_id for s in self.of_ndim(ndim)
                      if self._chosen(r.train_samples, s.sample_id) and (r.method != "care" or s.target))
 
+    @functools.cache  # asked for every sample: 100,000 times a run
     def learner(self, kind: str, ndim: int) -> tuple[str | None, str | None]:
         """(the model a stage uses, the model it is trained from or None) for ``kind``
         (restoration, segmentation, classification) and a dimensionality.
@@ -182,7 +192,8 @@ class Plan:
         return self.learner("restoration", ndim)[0]
 
     def restored(self, sid: str) -> bool:
-        return self.restoration_model(self._ndim[sid]) is not None
+        return (self._chosen(self.config.restoration.samples, sid)
+                and self.restoration_model(self._ndim[sid]) is not None)
 
     def analysis_image(self, sid: str) -> str:
         """What segmentation, classification and tracking read: restored when restoration is on."""
@@ -190,8 +201,23 @@ class Plan:
 
     @functools.cache
     def segmentation_training_samples(self, ndim: int) -> tuple[str, ...]:
+        """The labelled samples chosen for training (a typed U-Net's: those with types too)."""
         seg = self.config.segmentation
-        return tuple(s.sample_id for s in self.of_ndim(ndim) if s.labels and self._chosen(seg.train_samples, s.sample_id))
+        typed = self.typed_unet(ndim)
+        return tuple(s.sample_id for s in self.of_ndim(ndim)
+                     if s.labels and (s.types or not typed) and self._chosen(seg.train_samples, s.sample_id))
+
+    def typed_unet(self, ndim: int) -> bool:
+        """Whether the U-Net of that dimensionality has cell types (segmentation.unet.types)."""
+        seg = self.config.segmentation
+        return seg.method == "unet" and len(seg.unet_for(ndim).types) > 1
+
+    def pixel_classes_evaluated(self, sid: str) -> bool:
+        """Whether the finish stage scores the sample's U-Net pixel classes: it has labels and,
+        for a typed U-Net, the types of its objects."""
+        s = self.samples[sid]
+        return (self.config.segmentation.method == "unet" and bool(s.labels)
+                and (bool(s.types) or not self.typed_unet(self._ndim[sid])))
 
     def segmentation_model(self, ndim: int) -> str | None:
         return self.learner("segmentation", ndim)[0]
@@ -227,12 +253,16 @@ class Plan:
         method = self.config.restoration.method
         for sid in self.samples:
             nd = self._ndim[sid]
-            if method != "none" and not self.restored(sid):
+            chosen = self._chosen(self.config.restoration.samples, sid)  # else left out on purpose: no note
+            if method != "none" and chosen and not self.restored(sid):
                 notes.append(f"sample {sid}: no {nd}D {method.upper()} model (no restoration.model_{nd}d and no training "
                              f"sample of that dimensionality{' with a target' if method == 'care' else ''}): analysed unrestored")
             if self.config.segmentation.method != "none" and not self.segmented(sid):
                 notes.append(f"sample {sid}: no {nd}D segmentation model (no segmentation.model_{nd}d and no sample of "
                              "that dimensionality with labels): ingested and normalized only")
+            if self.typed_unet(nd) and self.samples[sid].labels and not self.samples[sid].types:
+                notes.append(f"sample {sid}: labels but no types (column types) for the typed U-Net: left out of its "
+                             "training, and its pixel classes are not scored")
         for model in sorted(set(self.config.sweep.models) - set(self.swept_models())):
             notes.append(f"sweep.models.{model}: no {model} model is trained in this run (no training data for it, "
                          "or a given model used as it is): nothing to sweep")
@@ -302,10 +332,10 @@ class Plan:
     def task_file(self, name: str) -> str:
         """The path of a job's task file, (re)written first when its digest changed.
 
-        Snakemake asks for it while it builds the DAG (the rules' ``task`` input), so a task
+        The workflow writes them all before Snakemake builds the DAG (common.smk), so a task
         file is written exactly when what its job must do changed, and its new modification
-        time is what reruns the job; an unchanged plan touches nothing. The digest leads the
-        file, so checking 600 task files reads 600 short headers.
+        time (it is an input of its job) is what reruns the job; an unchanged plan touches
+        nothing. The digest leads the file, so checking 600 task files reads 600 short headers.
         """
         from snakescope.io.atomic import write_text
 
@@ -313,12 +343,13 @@ class Plan:
         if name not in self._checked:
             job = self.jobs[name]
             if _task_digest(Path(path)) != job.digest:
-                write_text(path, json.dumps({"digest": job.digest, **job.task}, indent=1, default=str) + "\n")
+                # no indent: json's C encoder only serves compact output (10x faster at 100,000 samples)
+                write_text(path, json.dumps({"digest": job.digest, **job.task}, default=str) + "\n")
             self._checked.add(name)
         return path
 
     def write_tasks(self) -> None:
-        """Every job's task file (for running jobs outside Snakemake, as the tests do)."""
+        """Every job's task file, where its digest changed."""
         for name in self.jobs:
             self.task_file(name)
 
@@ -336,11 +367,17 @@ class Plan:
                 "config": self._stage_config(stage), "upstream": upstream,
                 "upstream_manifests": {u.split("-")[0]: manifest_path(u.split("-")[0], batch.id) for u in upstream},
                 "samples": work}
-        # Also the files upstream stages of the batch read (models above all): a retrained
-        # model reruns every later stage, which waits for the earlier ones without rerunning
-        # when they merely run again.
+        # The user's files go into the task as (size, modification time), not into the DAG:
+        # a changed image changes the digest, which reruns the job (and, through the
+        # upstream digests, the later stages), and Snakemake is spared matching 100,000 raw
+        # files against every rule's outputs.
+        task["sources"] = {f: _file_stamp(f) for f in sorted({f for w in work for spec in w["steps"]
+                                                                for f in self.raw_files(spec)})}
+        # Also the models upstream stages of the batch read: a retrained model reruns every
+        # later stage, which waits for the earlier ones without rerunning when they merely
+        # run again.
         inherited = {f for u in upstream for f in jobs[u].inputs if not f.endswith(".zarr")}
-        inputs = sorted({f for w in work for spec in w["steps"] for f in self.external_files(spec)} | inherited
+        inputs = sorted({spec["inputs"][k] for w in work for spec in w["steps"] for k in spec["models"]} | inherited
                         | {p for sid in batch.samples for p in (self.scatter_parts(sid) if stage == "segment" else [])})
         return Job(name=task["job"], rule=stage, task=task, inputs=inputs,
                    after=[manifest_path(u.split("-")[0], batch.id) for u in upstream],
@@ -415,13 +452,19 @@ class Plan:
         if segmented:
             steps["qc_segmentation"] = step({"image": image, "labels": labels},
                                             {"figure": sample_path(sid, "qc/segmentation.png")}, {"channel": s.channel})
+            if nd == 2 and self.config.detection.export_boxes:
+                steps["export_boxes"] = step({"labels": labels}, {"napari": sample_path(sid, "boxes.csv"),
+                                                                  "yolo": sample_path(sid, "boxes_yolo")})
             if s.labels:
                 outputs = {"metrics": sample_path(sid, "segmentation_metrics.csv")}
-                if self.config.segmentation.method == "unet":
+                if self.pixel_classes_evaluated(sid):
                     outputs |= {"class_confusion": sample_path(sid, "class_confusion.csv"),
+                                "class_percent": sample_path(sid, "class_confusion_percent.csv"),
                                 "class_metrics": sample_path(sid, "class_metrics.csv"),
                                 "class_plot": sample_path(sid, "qc/class_confusion.png")}
-                steps["evaluate_segmentation"] = step({"labels": labels, "truth": s.labels}, outputs, raw=("truth",))
+                types = s.types if self.typed_unet(nd) else None
+                steps["evaluate_segmentation"] = step({"labels": labels, "truth": s.labels, "types": types}, outputs,
+                                                      raw=("truth", "types"))
             if s.class_truth and self.classified(sid):
                 steps["evaluate_classification"] = step(
                     {"labels": labels, "objects": sample_path(sid, "objects.parquet"), "truth": s.class_truth,
@@ -439,7 +482,7 @@ class Plan:
                 steps["evaluate_tracking"] = step({"result": sample_path(sid, "tracks"), "truth": s.tracks},
                                                   {"metrics": sample_path(sid, "tracking_metrics.json")},
                                                   raw=("truth",))
-        files = [f for pattern in (s.image, s.labels, s.points, s.target, s.class_truth, s.tracks)
+        files = [f for pattern in (s.image, s.labels, s.types, s.points, s.target, s.class_truth, s.tracks)
                  for f in self.existing(pattern)]
         steps["provenance"] = step({f"file{k}": f for k, f in enumerate(files)},
                                    {"record": sample_path(sid, "provenance.json")},
@@ -494,7 +537,8 @@ class Plan:
             if model and model.startswith(RESULTS):
                 ids = self.segmentation_training_samples(nd)
                 sources = [{"sample": sid, "image": self.analysis_image(sid), "labels": self.samples[sid].labels,
-                            "channel": self.samples[sid].channel} for sid in ids]
+                            "channel": self.samples[sid].channel,
+                            **({"types": self.samples[sid].types} if self.typed_unet(nd) else {})} for sid in ids]
                 training = seg.stardist_for(nd) if seg.method == "stardist" else seg.unet_for(nd)
                 settings = {"segmentation": {**{k: getattr(seg, k) for k in SEGMENTATION_TRAINING_KEYS},
                                              seg.method: self._tuned(training, seg.fine_tune, parent)},
@@ -614,7 +658,7 @@ class Plan:
                 "seed": self.config.seed, "config": settings, "sources": sources, "split": split,
                 "patch_folder": patch_folder, "upstream_manifests": after, "outputs": outputs,
                 "parent": parent, "freeze_encoder": bool(parent and getattr(fine_tune, "freeze_encoder", False))}
-        inputs = [f for src in sources for key in ("labels", "points") for f in self.existing(src.get(key))]
+        inputs = [f for src in sources for key in ("labels", "types", "points") for f in self.existing(src.get(key))]
         inputs += [f for sid in ids for f in self.existing(self.samples[sid].image)]
         inputs += [f for sid in ids for f in self.existing(self.samples[sid].target)]
         inputs += sorted(set(settings.get("upstream", {}).get("restoration_models", [])))
@@ -639,9 +683,9 @@ class Plan:
         the U-Net the summed pixel-class confusion and scores."""
         kinds = [k for k in ("restoration", "segmentation", "classification", "tracking") if self.evaluated(k)]
         outputs = [f"{RESULTS}/metrics/{k}.csv" for k in kinds]
-        if "segmentation" in kinds and self.config.segmentation.method == "unet":
+        if "segmentation" in kinds and any(self.pixel_classes_evaluated(sid) for sid in self.evaluated("segmentation")):
             outputs += [f"{RESULTS}/metrics/{n}" for n in ("class_confusion.csv", "class_metrics.csv",
-                                                           "class_confusion.png")]
+                                                           "class_confusion.png", "class_confusion_percent.csv")]
         return outputs
 
     def _summary_job(self, jobs: dict) -> Job:

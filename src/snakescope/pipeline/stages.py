@@ -113,7 +113,8 @@ def restore(work, spec, ctx) -> None:
     model = ctx.model(inputs["model"], lambda: restoration.load_model(model_folder(inputs["model"]), options["method"]))
     settings = ctx.section("restoration")
     restoration.predict(model, inputs["image"], spec["outputs"]["restored"], channel=work.channel,
-                        block_shape=settings.block_shape, storage=ctx.section("ingest"), threads=ctx.threads)
+                        block_shape=settings.block_shape, storage=ctx.section("ingest"), threads=ctx.threads,
+                        tta=settings.tta)
 
 
 # ---- segment -------------------------------------------------------------------------------
@@ -215,20 +216,29 @@ def qc_segmentation(work, spec, ctx) -> None:
                          channel=work.channel, title=work.sample)
 
 
+def export_boxes(work, spec, ctx) -> None:
+    """The box of every segmented object as napari shapes and YOLO files (to train detectors)."""
+    from snakescope.io.boxes import export_label_boxes
+
+    export_label_boxes(spec["inputs"]["labels"], spec["outputs"]["napari"], spec["outputs"]["yolo"])
+
+
 def evaluate_segmentation(work, spec, ctx) -> None:
-    """Instance metrics against the ground truth; with the U-Net also its pixel classes."""
+    """Instance metrics against the ground truth; with the U-Net also its pixel classes (per
+    cell type for a typed U-Net, against the sample's types)."""
     from snakescope.evaluation import segmentation_scores
 
     inputs, out = spec["inputs"], spec["outputs"]
     table, class_counts = segmentation_scores(inputs["labels"], inputs["truth"], sample=work.sample,
-                                              classes="class_confusion" in out)
+                                              classes="class_confusion" in out, types=inputs.get("types"))
     _write_table(table, out["metrics"], index=False)
     if class_counts is not None:
         from snakescope.evaluation.classes import write_class_scores
-        from snakescope.segmentation.unet import CLASS_NAMES
+        from snakescope.io.labels import class_map_names
 
-        write_class_scores({work.sample: class_counts}, CLASS_NAMES, out["class_confusion"], out["class_metrics"],
-                           out["class_plot"], title=f"U-Net pixel classes: {work.sample}", total_name=None)
+        write_class_scores({work.sample: class_counts}, class_map_names(inputs["labels"])[0], out["class_confusion"],
+                           out["class_metrics"], out["class_plot"], title=f"U-Net pixel classes: {work.sample}",
+                           total_name=None, percent_csv=out.get("class_percent"))
 
 
 def evaluate_classification(work, spec, ctx) -> None:
@@ -321,12 +331,13 @@ PREDICTION = "segmentation:method,prob_thresh,nms_thresh,block_size,min_overlap,
 STEPS = {step.name: step for step in (
     Step("ingest", ingest, ("ingest", "normalize")),
     Step("target", target, ("ingest", "normalize")),
-    Step("restore", restore, ("restoration:method,block_shape", "ingest")),
+    Step("restore", restore, ("restoration:method,block_shape,tta", "ingest")),
     Step("segment", segment, (PREDICTION,)),
     Step("measure", measure),
     Step("qc_restoration", qc_restoration),
     Step("evaluate_restoration", evaluate_restoration),
     Step("qc_segmentation", qc_segmentation),
+    Step("export_boxes", export_boxes),
     Step("evaluate_segmentation", evaluate_segmentation),
     Step("evaluate_classification", evaluate_classification),
     Step("track", track, ("tracking",)),

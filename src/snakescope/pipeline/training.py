@@ -58,6 +58,8 @@ def train_model(task: dict, ctx) -> None:
     trainer = {"stardist": _train_segmentation, "unet": _train_segmentation, "n2v": _train_restoration,
                "care": _train_restoration, "classifier": _train_classifier}[learner]
     trainer(task, ctx)
+    if "curve" not in task["outputs"]:  # a sweep's candidate: its curves stay in its folder
+        return
     curve = Path(task["outputs"]["model"]) / "training.png"
     from snakescope.io.atomic import atomic_path
 
@@ -74,17 +76,28 @@ def _fine_tuning(task: dict) -> dict:
 
 def _train_segmentation(task: dict, ctx) -> None:
     """StarDist or the U-Net from the labelled samples; the split is saved once and reused."""
-    from snakescope.segmentation.training_data import TrainingSource, load_pairs
+    from snakescope.segmentation.training_data import TrainingSource, load_pairs, load_types
     from snakescope.settings import StarDistTraining, UNetTraining
     from snakescope.training.splits import make_or_load_split
 
     learner, seg = task["learner"], task["config"]["segmentation"]
-    used = []
+    used, objects, types = [], {}, {}
+    type_names = seg["unet"]["types"] if learner == "unet" and len(seg["unet"]["types"]) > 1 else []
 
     def pairs_of(source: dict) -> dict:
         _existing_image(source)
-        pairs = load_pairs(TrainingSource(source["sample"], source["image"], source["labels"], source["channel"]))
+        data = TrainingSource(source["sample"], source["image"], source["labels"], source["channel"],
+                              source.get("types"))
+        pairs = load_pairs(data)
+        if type_names:  # a typed U-Net: every object's type, checked with its sample
+            from snakescope.segmentation.unet.types import object_type_image
+
+            typed = load_types(data, type_names)
+            for key, (_, labels) in pairs.items():
+                object_type_image(labels, typed[key], len(type_names), where=f"{source['types']} ({key})")
+            types.update(typed)
         used.append(source)
+        objects[source["sample"]] = [y for _, y in pairs.values()]
         return pairs
 
     loaded, problems = usable_sources(task, pairs_of)
@@ -100,18 +113,30 @@ def _train_segmentation(task: dict, ctx) -> None:
     else:
         from snakescope.segmentation.unet import train_unet
 
-        train_unet(pairs, out, UNetTraining.from_dict(seg["unet"]), split=split, seed=task["seed"], **tuning)
-    _record_data(out, used, problems)
+        train_unet(pairs, out, UNetTraining.from_dict(seg["unet"]), split=split, seed=task["seed"],
+                   types=types or None, **tuning)
+    _record_data(out, used, problems, objects)
+    if task["kind"] == "candidate":  # scored on the validation split for the sweep's choice
+        from snakescope.training.sweep import record_validation_f1
+
+        record_validation_f1(learner, out, pairs)
 
 
-def _record_data(model_dir: str, sources: list[dict], problems: list[str]) -> None:
-    """Add the samples the model learnt from, and the training-data problems, to its snakescope.json."""
+def _record_data(model_dir: str, sources: list[dict], problems: list[str], objects: dict | None = None) -> None:
+    """Add the samples the model learnt from, the training-data problems and the pixel size
+    of the samples (with ``objects``, {sample: label frames}, their median object size;
+    :func:`snakescope.segmentation.rescale.training_scale`) to its snakescope.json."""
     from snakescope.io.atomic import write_json
+    from snakescope.segmentation.rescale import SCALE_KEY, image_pixel_size, training_scale
 
     path = Path(model_dir) / "snakescope.json"
     meta = json.loads(path.read_text())
     meta["training_samples"] = [s["sample"] for s in sources]
     meta["data_problems"] = problems
+    if sources:
+        sizes = [image_pixel_size(s["image"]) for s in sources]
+        meta[SCALE_KEY] = training_scale([(size, (objects or {}).get(s["sample"])) for size, s in zip(sizes, sources)],
+                                         "".join(sizes[0]))
     write_json(path, meta)
 
 
@@ -173,5 +198,6 @@ def _train_classifier(task: dict, ctx) -> None:
         tuning = {"pretrained_weights": task["parent"], "freeze_pretrained": task["freeze_encoder"]}
     cl.train_classifier(data.patches, data.labels, out, settings, seed=task["seed"], split_path=task["split"],
                         ids=data.ids, sources=data.sources, **tuning)
-    cl.write_training_confusion(out, task["outputs"]["confusion"])
+    if "confusion" in task["outputs"]:  # not for a sweep's candidate (the selection writes it)
+        cl.write_training_confusion(out, task["outputs"]["confusion"])
     _record_data(out, used, problems)

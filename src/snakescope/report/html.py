@@ -107,8 +107,9 @@ def _what_was_run(config: dict, manifests: list[dict], models: list[dict]) -> st
         stages.append("tracking with divisions")
     trained = [f"{m['kind']} {m['ndim']}D" + (f" (fine-tuned from {m['parent']})" if m.get("parent") else "")
                for m in models]
-    given = [f"{k} {v}" for k, v in (("restoration model", config["restoration"]["model_2d"]),
-                                      ("segmentation model", config["segmentation"]["model_2d"])) if v]
+    given = [f"{section} {nd}D model {config[section][f'model_{nd}d']}"
+             for section in ("restoration", "segmentation", "classification") for nd in (2, 3)
+             if config[section].get(f"model_{nd}d")]
     text = f"{len(samples)} samples went through " + ", ".join(stages) + "."
     if trained:
         text += " Models trained in this run: " + ", ".join(trained) + "."
@@ -143,6 +144,8 @@ def _model_section(folder: str, meta: dict) -> str:
             "kept epoch (lowest validation loss)": t.get("best_epoch"), "stopped by": t.get("stopped_by"),
             "training seconds": t.get("train_seconds"), "fine-tuned from": meta.get("parent") or "",
             "seed": meta.get("seed")}
+    if meta.get("sweep"):
+        rows["chosen by the sweep"] = f"{meta['sweep']['chosen']} (by {meta['sweep']['metric']})"
     problems = meta.get("data_problems") or []
     body = "<table>" + "".join(f"<tr><th>{_esc(k)}</th><td>{_esc(v)}</td></tr>" for k, v in rows.items()) + "</table>"
     if problems:
@@ -181,8 +184,24 @@ def _sample_section(sample: str, status: str, outputs: dict, reason: str | None)
     return "".join(parts)
 
 
+def _sweep_section(sweeps) -> list[str]:
+    """Each sweep: its candidates' table and their overlaid curves."""
+    from snakescope.report.summary import sweep_tables
+
+    parts = []
+    for sweep, table in sweep_tables(sweeps):
+        figure = Path(sweep["figure"])
+        parts += [f"<h3><code>{_esc(sweep['model'])}</code>: {len(table)} candidates</h3>", _table(table),
+                  f"<div class='figs wide'>{_image(figure, 'training (dashed) and validation (solid) loss of every candidate') if figure.is_file() else ''}</div>"]
+    if parts:
+        parts.insert(0, "<h2>Sweeps</h2><p class='note'>Every candidate was scored on the validation split; "
+                        "<i>fit</i> flags overfitting (the validation loss rose while the training loss fell) and "
+                        "underfitting (both losses high against the best candidate).</p>")
+    return parts
+
+
 def write_report(out: str, *, config: dict, manifests: list[dict], models: list[str], metrics: list[str],
-                 failures: list[dict], stage_table: list[str]) -> None:
+                 failures: list[dict], stage_table: list[str], sweeps=()) -> None:
     model_meta = []
     for folder in models:
         path = Path(folder) / "snakescope.json"
@@ -216,6 +235,7 @@ def write_report(out: str, *, config: dict, manifests: list[dict], models: list[
     if model_meta:
         sections.append("<h2>Models</h2>")
         sections += [_model_section(folder, meta) for folder, meta in zip(models, model_meta)]
+    sections += _sweep_section(sweeps)
     if tables:
         sections.append("<h2>Metrics</h2>")
         for name, table in tables.items():

@@ -41,17 +41,20 @@ def _save(fig, out_png, title: str = "") -> None:
 
 
 def segmentation_overlay(image_path, labels_path, out_png, *, channel: int = 0, title: str = "") -> None:
-    """First, middle and last time point: the image (1-99.8 percentile contrast) with outlines."""
+    """First, middle and last time point: the image (1-99.8 percentile contrast) with outlines;
+    from a typed U-Net each outline has its object's cell type's colour (legend below)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from skimage.segmentation import find_boundaries
 
-    from snakescope.io.labels import read_labels_image
+    from snakescope.io.labels import class_map_names, read_class_map, read_labels_image
 
     image = ngff.read_image(image_path)
     labels = read_labels_image(labels_path)
+    type_names = class_map_names(labels_path)[1]
+    class_map = read_class_map(labels_path) if type_names else None
     spatial_ndim = sum(a in "zyx" for a in image.axes)
     all_frames = list(frames(image.axes, image.shape, channel))
     picks = sorted({0, len(all_frames) // 2, len(all_frames) - 1})
@@ -61,13 +64,46 @@ def segmentation_overlay(image_path, labels_path, out_png, *, channel: int = 0, 
         plane = _middle_plane(image.data, index, spatial_ndim).astype(np.float32)
         lab = _middle_plane(labels.data, (t,) if t is not None else (), spatial_ndim)
         _show_gray(ax, plane)
-        edges = np.ma.masked_where(~find_boundaries(lab, mode="inner"), np.ones(lab.shape))
-        ax.imshow(edges, cmap="autumn", alpha=0.9, interpolation="nearest")
+        if class_map is None:
+            edges = np.ma.masked_where(~find_boundaries(lab, mode="inner"), np.ones(lab.shape))
+            ax.imshow(edges, cmap="autumn", alpha=0.9, interpolation="nearest")
+        else:
+            classes = _middle_plane(class_map.data, (t,) if t is not None else (), spatial_ndim)
+            ax.imshow(_type_outlines(lab, classes, len(type_names)), interpolation="nearest")
         n = len(np.unique(lab)) - (1 if 0 in lab else 0)
         where = f"t={t}" if t is not None else "image"
         ax.set_title(f"{where}{', middle z' if spatial_ndim == 3 else ''}: {n} objects", fontsize=9)
         ax.axis("off")
+    if class_map is not None:
+        from matplotlib.patches import Patch
+
+        axes[0][-1].legend(handles=[Patch(color=np.array(_type_color(k)[:3]) / 255, label=name)
+                                    for k, name in enumerate(type_names, start=1)],
+                           loc="lower right", fontsize=8, framealpha=0.7)
     _save(fig, out_png, title)
+
+
+def _type_color(type_id: int) -> list[int]:
+    """RGBA of a cell type's outlines: its body colour in the class map (0: untyped, white)."""
+    from snakescope.io.labels import class_colors
+
+    return class_colors(2 * type_id + 1)[2 * type_id] if type_id else [255, 255, 255, 255]
+
+
+def _type_outlines(labels: np.ndarray, class_map: np.ndarray, n_types: int) -> np.ndarray:
+    """An RGBA image (uint8) of the objects' inner outlines, each in its type's colour."""
+    from skimage.segmentation import find_boundaries
+
+    from snakescope.segmentation.unet.types import object_types
+
+    found = object_types(labels, class_map, n_types)
+    type_of = np.zeros(int(labels.max()) + 1, np.int64)
+    for label, (type_id, _) in found.items():
+        type_of[label] = type_id
+    palette = np.array([_type_color(k) for k in range(n_types + 1)], np.uint8)
+    rgba = palette[type_of[labels]]
+    rgba[~find_boundaries(labels, mode="inner")] = 0
+    return rgba
 
 
 def track_plot(tracks, out_png, *, title: str = "", summary: dict | None = None, frame_shape=None) -> None:

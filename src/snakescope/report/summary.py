@@ -19,14 +19,15 @@ import pandas as pd
 from snakescope.errors import InputError
 from snakescope.io.atomic import write_text
 
-__all__ = ["MAX_LISTED", "check_failures", "describe", "write_summary"]
+__all__ = ["MAX_LISTED", "SWEEP_COLUMNS", "check_failures", "describe", "sweep_tables", "write_summary"]
 
 MAX_LISTED = 50
 STAGE_ORDER = ("prepare", "restore", "segment", "finish")
 #: The figure of each gathered metrics file shown in the summary: (column, row filter).
 KEY_FIGURES = {
     "segmentation": ("f1", "threshold", 0.5, "F1 at IoU 0.5"),
-    "restoration": ("psnr_affine", None, None, "PSNR after affine fit (dB)"),
+    "restoration": (("psnr_input_affine", "psnr_restored_affine"), None, None,
+                    "PSNR against the target after an affine fit, input -> restored (dB)"),
     "classification": ("balanced_accuracy", "class_name", "ALL", "balanced accuracy"),
     "tracking": ("TRA", None, None, "TRA"),
 }
@@ -126,11 +127,37 @@ def _metric_lines(metrics) -> list[str]:
         table = pd.read_csv(path, keep_default_na=False, na_values=[""])
         if key is not None and key in table:
             table = table[table[key].astype(str) == str(value)]
-        if column not in table:
+        columns = column if isinstance(column, tuple) else (column,)  # two: before -> after
+        if not all(c in table for c in columns):
             continue
-        per = ", ".join(f"{s} {v:.3f}" if isinstance(v, float) else f"{s} {v}"
-                        for s, v in zip(table["sample"], table[column]))
+        per = ", ".join(f"{s} " + " -> ".join(f"{v:.3f}" if isinstance(v, float) else str(v) for v in values)
+                        for s, *values in zip(table["sample"], *(table[c] for c in columns)))
         lines.append(f"- **{kind}** ({label}): {per}  (`{path}`)")
+    return lines
+
+
+#: The columns of a sweep's table shown in the summary and the report (the CSV has more).
+SWEEP_COLUMNS = ("combination", "best_epoch", "train_loss", "val_loss", "val_f1", "score", "chosen", "fit")
+
+
+def sweep_tables(sweeps) -> list[tuple[dict, pd.DataFrame]]:
+    """Each sweep of the run (plan: model, table, figure) with its table's shown columns."""
+    found = []
+    for sweep in sweeps:
+        if Path(sweep["table"]).is_file():
+            table = pd.read_csv(sweep["table"])
+            found.append((sweep, table[[c for c in SWEEP_COLUMNS if c in table]]))
+    return found
+
+
+def _sweep_lines(sweeps) -> list[str]:
+    lines = []
+    for sweep, table in sweep_tables(sweeps):
+        lines += [f"### `{sweep['model']}`: {len(table)} candidates (curves `{sweep['figure']}`)", "",
+                  "| " + " | ".join(table.columns) + " |", "|" + "---|" * len(table.columns)]
+        lines += ["| " + " | ".join(f"{v:.4g}" if isinstance(v, float) else str(v) for v in row) + " |"
+                  for row in table.itertuples(index=False)]
+        lines.append("")
     return lines
 
 
@@ -164,6 +191,11 @@ def write_summary(task: dict) -> str:
     model_lines = _model_lines(models)
     if model_lines:
         lines += ["## Models", "", *model_lines, ""]
+    sweep_lines = _sweep_lines(task["sweeps"])
+    if sweep_lines:
+        lines += ["## Sweeps", "", "Each candidate scored on the validation split; fit: overfitting (validation loss "
+                  "rose while training loss fell) or underfitting (both losses high against the best candidate).", "",
+                  *sweep_lines]
     lines += ["## Time per stage", "", *_stage_table(manifests), ""]
     lines += ["## Samples", ""]
     for sample in list(status)[:MAX_LISTED]:
@@ -180,7 +212,7 @@ def write_summary(task: dict) -> str:
     from snakescope.report.html import write_report
 
     write_report(paths["report"], config=task["config"], manifests=manifests, models=models, metrics=metrics,
-                 failures=failures, stage_table=_stage_table(manifests))
+                 failures=failures, stage_table=_stage_table(manifests), sweeps=task["sweeps"])
     table = pd.DataFrame(failures, columns=["sample", "stage", "step", "reason"])
     from snakescope.io.atomic import atomic_path
 

@@ -38,20 +38,15 @@ def restoration_metrics(source, restored, target, *, channel: int | None = None,
     if "c" in tgt.axes:
         tgt = as_source(tgt, src.channel)
     check_pairs([src, res], [tgt, tgt])
-    axes, shape = tgt.model_axes(), tgt.model_shape()
-    frame_axes = [i for i, a in enumerate(axes) if a not in "yx"]
-    planes = list(np.ndindex(*[shape[i] for i in frame_axes])) if frame_axes else [()]
-
-    def region(idx):
-        it = iter(idx)
-        return tuple(slice(None) if a in "yx" else (lambda k: slice(k, k + 1))(next(it)) for a in axes)
+    shape = tgt.model_shape()
+    planes = list(tgt.planes())
 
     rule = "given"
     if data_range is None:
         rule = "target max - min"
         lo, hi = np.inf, -np.inf
-        for idx in planes:
-            t = tgt.read(region(idx))
+        for region in planes:
+            t = tgt.read(region)
             lo, hi = min(lo, float(t.min())), max(hi, float(t.max()))
         data_range = hi - lo
     data_range = float(data_range)
@@ -63,11 +58,11 @@ def restoration_metrics(source, restored, target, *, channel: int | None = None,
     sums = {key: np.zeros(3) for key in sq}  # sum p, sum p^2, sum p*t
     t_sum = t_sq = 0.0
     n = 0
-    for idx in planes:
-        t = tgt.read(region(idx)).astype(np.float64).reshape(shape[-2:])
+    for region in planes:
+        t = tgt.read(region).astype(np.float64).reshape(shape[-2:])
         t_sum, t_sq = t_sum + float(t.sum()), t_sq + float(np.square(t).sum())
         for key, s in (("input", src), ("restored", res)):
-            p = s.read(region(idx)).astype(np.float64).reshape(shape[-2:])
+            p = s.read(region).astype(np.float64).reshape(shape[-2:])
             sq[key] += float(np.square(p - t).sum())
             sums[key] += (float(p.sum()), float(np.square(p).sum()), float((p * t).sum()))
             ssim[key].append(structural_similarity(t, p, data_range=data_range))
@@ -92,11 +87,11 @@ def restoration_metrics(source, restored, target, *, channel: int | None = None,
         out[f"psnr_{key}_affine"] = psnr(max(0.0, t_var - slope * cov))
         out[f"affine_slope_{key}"] = float(slope)
     ssim_fit = {key: [] for key in fits}
-    for idx in planes:
-        t = tgt.read(region(idx)).astype(np.float64).reshape(shape[-2:])
+    for region in planes:
+        t = tgt.read(region).astype(np.float64).reshape(shape[-2:])
         for key, s in (("input", src), ("restored", res)):
             slope, offset = fits[key]
-            p = s.read(region(idx)).astype(np.float64).reshape(shape[-2:])
+            p = s.read(region).astype(np.float64).reshape(shape[-2:])
             ssim_fit[key].append(structural_similarity(t, slope * p + offset, data_range=data_range))
     for key in fits:
         out[f"ssim_{key}_affine"] = float(np.mean(ssim_fit[key]))

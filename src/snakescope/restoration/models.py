@@ -117,14 +117,15 @@ class LoadedModel:
     def predict_fn(self, *, tta: bool = False):
         """block -> prediction; the spatial axes are the last ``ndim``, any axes before them a
         batch. ``tta``: the mean of the predictions of the 8 flips and 90-degree rotations of
-        the block in y-x (:func:`dihedral_mean`), 8 times the computation."""
+        the block in y-x (:func:`dihedral_mean`), 8 times the computation; of the 4 mirror
+        images only for a structN2V model (a quarter turn would turn its noise's direction)."""
         if self.kind == "n2v":
             cfg = self.model.config
             mean, std = np.float32(float(cfg.means[0])), np.float32(float(cfg.stds[0]))
         else:
             mean, std = np.float32(0), np.float32(1)
         nd = self.ndim
-
+        structured = self.kind == "n2v" and bool(getattr(self.model.config, "structN2Vmask", None))
         graph = self._graph()
 
         def net(x: np.ndarray) -> np.ndarray:
@@ -135,7 +136,7 @@ class LoadedModel:
             x = block.reshape((-1,) + shape[len(shape) - nd:]).astype(np.float32, copy=False)
             if self.kind == "n2v":
                 x = (x - mean) / std
-            y = dihedral_mean(net, x) if tta else net(x)
+            y = dihedral_mean(net, x, quarter_turns=not structured) if tta else net(x)
             if self.kind == "n2v":
                 y = y * std + mean
             return y.reshape(shape).astype(np.float32, copy=False)
@@ -143,21 +144,24 @@ class LoadedModel:
         return fn
 
 
-def dihedral_mean(net, x: np.ndarray) -> np.ndarray:
+def dihedral_mean(net, x: np.ndarray, *, quarter_turns: bool = True) -> np.ndarray:
     """Test-time augmentation: ``net`` applied to the 8 flips/90-degree rotations of ``x`` in
     its last two axes (y, x), each result transformed back, averaged. A blind-spot network's
     errors differ between the transformed copies (its masking and pooling are not
     rotation-invariant) while the signal does not, so the mean has less error; rotating by 90
-    degrees keeps a block's sizes multiples of the U-Net's divisor, so blocks stay seamless."""
+    degrees keeps a block's sizes multiples of the U-Net's divisor, so blocks stay seamless.
+    ``quarter_turns`` False: the 4 mirror images only (turns by 0 and 180 degrees, flipped or
+    not), which keep each direction along its axis."""
+    turns = range(4) if quarter_turns else (0, 2)
     total = np.zeros(x.shape, np.float64)
-    for k in range(4):
+    for k in turns:
         turned = np.rot90(x, k, axes=(-2, -1))
         for flip in (False, True):
             view = turned[..., ::-1] if flip else turned
             y = net(np.ascontiguousarray(view))
             y = y[..., ::-1] if flip else y
             total += np.rot90(y, -k, axes=(-2, -1))
-    return (total / 8).astype(np.float32)
+    return (total / (2 * len(turns))).astype(np.float32)
 
 
 def load_model(model_dir: str | Path, kind: str | None = None) -> LoadedModel:
@@ -301,7 +305,8 @@ def predict(model: LoadedModel | str | Path, in_path: str | Path, out_path: str 
             attrs["omero"] = image.attrs["omero"]
         prior = dict(image.attrs.get("snakescope", {}))
         summary = {"kind": model.kind, "model_dir": info["path"], "channel": src.channel, "ndim": model.ndim,
-                   "halo": stats["halo"], "block_shape": stats["block_shape"], "n_blocks": stats["n_blocks"], "tta": bool(tta), "seconds": round(time.perf_counter() - start, 3),
+                   "halo": stats["halo"], "block_shape": stats["block_shape"], "n_blocks": stats["n_blocks"],
+                   "tta": bool(tta), "seconds": round(time.perf_counter() - start, 3),
                    "predict_seconds": round(stats["predict_s"], 3),
                    "channels_kept": "all (the restored channel replaced)" if "c" in image.axes else "no channel axis"}
         prior["restore"] = summary

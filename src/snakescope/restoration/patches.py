@@ -31,7 +31,8 @@ from snakescope.errors import InputError
 from snakescope.io import ngff
 
 __all__ = ["MANIPULATORS", "MIN_PATCHES", "Source", "as_list", "as_source", "augment", "check_enough", "check_pairs",
-           "count_patches", "model_ndim", "n2v_mask", "pool_size", "sample_patches", "spatial_axes", "split_pool"]
+           "count_patches", "intensity_fit", "model_ndim", "n2v_mask", "pool_size", "sample_patches", "spatial_axes",
+           "split_pool", "struct_offsets"]
 
 MANIPULATORS = ("uniform_withCP", "uniform_withoutCP", "normal_withoutCP", "mean", "median",
                 "normal_additive", "normal_fitted", "identity")
@@ -51,12 +52,15 @@ MAX_POOL_BYTES = 512 * 2**20
 @dataclass
 class Source:
     """One image to train on: its level-0 array (anything with ``shape`` and slicing: a
-    Zarr array, a numpy array), its axes letters and the channel used when it has a c axis."""
+    Zarr array, a numpy array), its axes letters and the channel used when it has a c axis.
+    ``intensity``: an affine map ``(slope, offset)`` applied to what is read (None: none),
+    e.g. a clean target brought to its image's scale (:func:`intensity_fit`)."""
 
     name: str
     array: Any
     axes: str
     channel: int | None = None
+    intensity: tuple[float, float] | None = None
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -78,7 +82,17 @@ class Source:
         block = np.asarray(self.array[self.region(model_region)], dtype=np.float32)
         if "c" in self.axes:
             block = np.take(block, 0, axis=self.axes.index("c"))
+        if self.intensity is not None:
+            slope, offset = self.intensity
+            block = block * np.float32(slope) + np.float32(offset)
         return block
+
+    def planes(self):
+        """The model-axes regions of the y-x planes, one by one."""
+        axes, shape = self.model_axes(), self.model_shape()
+        for index in np.ndindex(*[n for a, n in zip(axes, shape) if a not in "yx"]):
+            it = iter(index)
+            yield tuple(slice(None) if a in "yx" else (lambda k: slice(k, k + 1))(next(it)) for a in axes)
 
 
 def as_source(image, channel: int | None = None, name: str | None = None) -> Source:
@@ -244,6 +258,23 @@ def as_list(images) -> list:
     return list(images)
 
 
+def intensity_fit(image: Source, target: Source) -> tuple[float, float]:
+    """``(a, b)`` of the least-squares fit ``image ~ a * target + b`` over the whole image,
+    read plane by plane: the affine map that brings a clean target to its noisy image's
+    intensity scale. The noise is in the image, so regressing it on the (nearly noise-free)
+    target estimates the scale without the attenuation the other direction would have.
+    A constant target gives ``(0, mean of the image)``."""
+    sums = np.zeros(5)  # n, sum t, sum t^2, sum x, sum x*t
+    for region in target.planes():
+        t = target.read(region).astype(np.float64)
+        x = image.read(region).astype(np.float64)
+        sums += (t.size, t.sum(), np.square(t).sum(), x.sum(), (x * t).sum())
+    n, st, stt, sx, sxt = sums
+    var = stt / n - (st / n) ** 2
+    slope = (sxt / n - (st / n) * (sx / n)) / var if var > 0 else 0.0
+    return float(slope), float(sx / n - slope * st / n)
+
+
 def check_pairs(sources: Sequence[Source], targets: Sequence[Source]) -> None:
     """Each image and its target have the same shape and axes (after the channel is selected)."""
     if len(sources) != len(targets):
@@ -382,17 +413,27 @@ def n2v_mask(x: np.ndarray, perc_pix: float, manipulator: str, radius: int, rng,
     return inputs[..., None], targets
 
 
+def struct_offsets(struct_mask, ndim: int) -> np.ndarray:
+    """The offsets (K, ndim) from the blind spot of the pixels a structN2V mask marks (the
+    blind spot itself left out); InputError unless it is an ``ndim``-D array of 0 and 1 of
+    odd sizes."""
+    try:
+        given = np.asarray(struct_mask)
+    except ValueError:  # ragged nested lists
+        given = np.asarray([])
+    if given.ndim != ndim or any(n % 2 == 0 for n in given.shape) or not np.isin(given, (0, 1)).all():
+        raise InputError("restoration.n2v.struct_mask", f"must be a {ndim}D array of 0 and 1 of odd sizes (centred on "
+                                                        f"the blind spot); got {struct_mask}")
+    mask = given.astype(bool)
+    offs = np.argwhere(mask) - np.asarray(mask.shape) // 2
+    return offs[np.any(offs != 0, axis=1)]  # the blind spot itself keeps its manipulated value
+
+
 def _hide_structure(inputs: np.ndarray, coords: np.ndarray, struct_mask, rng) -> None:
     """structN2V: noise over the pixels ``struct_mask`` marks around each blind spot
     (positions beyond the patch clipped to its border, as n2v does)."""
-    given = np.asarray(struct_mask)
     nd = coords.shape[1] - 1
-    if given.ndim != nd or any(n % 2 == 0 for n in given.shape) or not np.isin(given, (0, 1)).all():
-        raise InputError("struct_mask", f"must be a {nd}D array of 0 and 1 of odd sizes (centred on the blind spot); "
-                                        f"got {given.tolist()}")
-    mask = given.astype(bool)
-    offs = np.argwhere(mask) - np.asarray(mask.shape) // 2
-    offs = offs[np.any(offs != 0, axis=1)]  # the blind spot itself keeps its manipulated value
+    offs = struct_offsets(struct_mask, nd)
     if not len(offs):
         return
     pos = np.clip(coords[:, None, 1:] + offs[None], 0, np.asarray(inputs.shape[1:]) - 1).reshape(-1, nd)
@@ -400,11 +441,16 @@ def _hide_structure(inputs: np.ndarray, coords: np.ndarray, struct_mask, rng) ->
     inputs[(batch,) + tuple(pos.T)] = rng.uniform(-2, 2, len(batch)).astype(np.float32)
 
 
-def augment(rng, *arrays):
-    """The same random flip/rotation (in y-x) per patch for every array (B, ..., y, x)."""
+def augment(rng, *arrays, quarter_turns: bool = True):
+    """The same random flip/rotation (in y-x) per patch for every array (B, ..., y, x).
+    ``quarter_turns`` False: turns by 180 degrees only (with the flips: the 4 mirror images),
+    which keep each direction along its axis (structN2V's correlated noise)."""
     b = arrays[0].shape[0]
     square = arrays[0].shape[-1] == arrays[0].shape[-2]
-    ks = rng.integers(0, 4, b) if square else np.zeros(b, int)
+    if not quarter_turns:
+        ks = 2 * rng.integers(0, 2, b)
+    else:
+        ks = rng.integers(0, 4, b) if square else np.zeros(b, int)
     flips = rng.integers(0, 2, b)
     out = [a.copy() for a in arrays]
     for i in range(b):

@@ -19,12 +19,19 @@ batch 128, MAE): on a CPU budget those train too slowly to beat a tuned Gaussian
 lighter U-Net with more, smaller steps, a larger masked share (more loss signal per step), a
 blind spot without the centre pixel, the MSE loss (the mean, which is what removes zero-mean
 noise: MAE's median biases and compresses contrast) and a cosine learning-rate decay learn
-faster at an equal budget (see bench/restore.py for the numbers).
+faster at an equal budget (bench/restore.py). N2V2's max-blur pooling, its U-Net without the
+top skip connection and the median replacement remove plain N2V's checkerboard artefacts: on
+real widefield noise (W2S, bench/restore_real.py) they gained 0.3 dB and 0.03 SSIM at equal
+training time, more than a deeper or wider U-Net, larger patches or more blind spots did.
+CARE's defaults are as light (16 filters, learning rate 2e-3, MSE), and its targets are
+brought to their images' intensity scale (``fit_target``), which gained 1 dB on W2S.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import inspect
 import json
 import logging
 import time
@@ -43,12 +50,14 @@ from snakescope.restoration.patches import (
     augment,
     check_enough,
     check_pairs,
+    intensity_fit,
     model_ndim,
     n2v_mask,
     pool_size,
     sample_patches,
     spatial_axes,
     split_pool,
+    struct_offsets,
 )
 from snakescope.training.harness import WEIGHTS_BEST, Schedule, TrainingRun, load_weights, seed_everything
 
@@ -57,12 +66,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-__all__ = ["train_care", "train_n2v"]
+__all__ = ["NETWORK_KEYS", "check_parent", "train_care", "train_n2v"]
 
 
 def train_n2v(images, out_dir: str | Path, settings: N2VTraining, *, seed: int, ndim: int | None = None,
-              channel: int | None = None, threads: int = 2, parent: str | Path | None = None,
-              struct_mask=None) -> dict:
+              channel: int | None = None, threads: int = 2, parent: str | Path | None = None) -> dict:
     """Train Noise2Void on the images themselves (self-supervised); write the model folder.
 
     ``images``: normalized NGFF image paths (or NgffImages, ``(array, axes)`` pairs,
@@ -72,9 +80,10 @@ def train_n2v(images, out_dir: str | Path, settings: N2VTraining, *, seed: int, 
     included; the cosine schedule decays within what is left). ``parent``: a model folder of
     the same network whose best weights the training starts from instead of random ones
     (the normalization is still this data's mean and deviation); recorded in the metadata.
-    ``struct_mask``: structN2V's structured blind spot for noise correlated between
+    ``settings.struct_mask``: structN2V's structured blind spot for noise correlated between
     neighbouring pixels (n2v's ``structN2Vmask``, see :func:`~snakescope.restoration.patches.n2v_mask`;
-    None: the plain blind spot). Returns the metadata written to ``snakescope.json``.
+    None: the plain blind spot); with one, the patches are augmented by flips only, which keep
+    the correlation's direction. Returns the metadata written to ``snakescope.json``.
     """
     t_start = time.perf_counter()
     schedule = _schedule(settings, t_start)
@@ -83,6 +92,9 @@ def train_n2v(images, out_dir: str | Path, settings: N2VTraining, *, seed: int, 
         raise InputError("restoration.n2v", "no training images given")
     nd = model_ndim(sources, ndim)
     patch = _patch_shape(settings, nd, "restoration.n2v.patch_shape")
+    struct_mask = settings.struct_mask
+    if struct_mask is not None:
+        struct_offsets(struct_mask, nd)  # a bad mask is named before the patches are drawn
     n_fit = check_enough(sources, patch, nd, MIN_PATCHES)
     rng = np.random.default_rng(seed)
     pool = pool_size(settings.n_patches, sources, patch, nd)
@@ -96,9 +108,10 @@ def train_n2v(images, out_dir: str | Path, settings: N2VTraining, *, seed: int, 
     if not std > 0:
         raise InputError(", ".join(src.name for src in sources), "the training patches are constant; nothing to learn")
     s = settings
+    blurpool = bool(s.blurpool) and nd == 2  # n2v has max-blur pooling in 2D only (3D: max pooling)
     config = N2VConfig(
         X[train_idx[:1]][..., None], unet_n_depth=int(s.unet_depth), unet_kern_size=int(s.unet_kern_size),
-        unet_n_first=int(s.unet_n_first), batch_norm=bool(s.batch_norm), blurpool=bool(s.blurpool),
+        unet_n_first=int(s.unet_n_first), batch_norm=bool(s.batch_norm), blurpool=blurpool,
         skip_skipone=bool(s.skip_skipone), train_loss=s.loss, train_epochs=int(s.epochs),
         train_steps_per_epoch=int(s.steps_per_epoch), train_batch_size=int(s.batch_size),
         train_learning_rate=float(s.learning_rate), train_tensorboard=False, train_reduce_lr=None,
@@ -116,7 +129,7 @@ def train_n2v(images, out_dir: str | Path, settings: N2VTraining, *, seed: int, 
         while True:
             xb = Xtr[rng.integers(0, len(Xtr), int(s.batch_size))]
             if s.augment:
-                xb = augment(rng, xb)
+                xb = augment(rng, xb, quarter_turns=struct_mask is None)
             yield n2v_mask(xb, *mask, rng, struct_mask)
 
     data = _data(sources, patch, pool, n_fit, train_idx, val_idx)
@@ -125,14 +138,17 @@ def train_n2v(images, out_dir: str | Path, settings: N2VTraining, *, seed: int, 
         log.info("%dD model, patches %s, %d drawn in %.1f s (%d train, %d validation; %d non-overlapping fit)",
                  nd, patch, pool, sample_seconds, len(train_idx), len(val_idx), n_fit)
         log.info("settings: %s", json.dumps(s.to_dict(), sort_keys=True, default=str))
+        if blurpool != bool(s.blurpool):
+            log.info("blurpool: max pooling instead (n2v's max-blur pooling is 2D only)")
         with _quiet_existing_folder():
             model = N2V(config, name=run.folder.name, basedir=str(run.folder.parent))
-        return _fit(run, model, batches(), validation, s, data, blurpool=bool(s.blurpool))
+        return _fit(run, model, batches(), validation, s, data, blurpool=blurpool)
 
 
 def train_care(sources, targets, out_dir: str | Path, settings: CARETraining, *, seed: int,
                ndim: int | None = None, channel: int | None = None, target_channel: int | None = None,
-               name: str | list[str] | None = None, threads: int = 2, parent: str | Path | None = None) -> dict:
+               name: str | list[str] | None = None, threads: int = 2, parent: str | Path | None = None,
+               fit_target: bool = True) -> dict:
     """Train CARE (csbdeep) on paired low/high quality images; write the model folder.
 
     ``sources`` and ``targets``: one image each (NGFF path, NgffImage, ``(array, axes)``,
@@ -140,7 +156,14 @@ def train_care(sources, targets, out_dir: str | Path, settings: CARETraining, *,
     of the source and ``target_channel`` of the target, default: the same index when the
     target has a channel axis), else InputError naming the sample (``name``) and both
     shapes. ``settings``: the config's ``restoration.care``; the other arguments as in
-    :func:`train_n2v`. Returns the metadata written to ``snakescope.json``.
+    :func:`train_n2v`. ``fit_target``: bring each target to its image's intensity scale
+    first (the least-squares affine fit :func:`~snakescope.restoration.patches.intensity_fit`,
+    recorded under ``data.target_fit``), so that the network learns to remove noise rather
+    than each pair's exposure, which a patch cannot tell (a long exposure or an average of
+    many frames is brighter, by a factor that differs from pair to pair; separate percentile
+    normalization does not undo it when noise lifts the image's high percentile); the
+    restored image then keeps the input's scale, as N2V's does. Returns the metadata written
+    to ``snakescope.json``.
     """
     t_start = time.perf_counter()
     schedule = _schedule(settings, t_start)
@@ -154,6 +177,8 @@ def train_care(sources, targets, out_dir: str | Path, settings: CARETraining, *,
             t = as_source(t, target_channel if target_channel is not None else src.channel)
         clean.append(t)
     check_pairs(images, clean)
+    if fit_target:
+        clean = [dataclasses.replace(t, intensity=intensity_fit(im, t)) for im, t in zip(images, clean)]
     nd = model_ndim(images, ndim)
     patch = _patch_shape(settings, nd, "restoration.care.patch_shape")
     n_fit = check_enough(images, patch, nd, MIN_PATCHES)
@@ -182,7 +207,8 @@ def train_care(sources, targets, out_dir: str | Path, settings: CARETraining, *,
                 xb, yb = augment(rng, xb, yb)
             yield xb[..., None], yb[..., None]
 
-    data = {**_data(images, patch, pool, n_fit, train_idx, val_idx), "targets": [t.name for t in clean]}
+    data = {**_data(images, patch, pool, n_fit, train_idx, val_idx), "targets": [t.name for t in clean],
+            "target_fit": [list(t.intensity) for t in clean] if fit_target else None}
     with TrainingRun(out_dir, kind="care", ndim=nd, seed=seed, schedule=schedule, parent=parent) as run:
         log.info("CARE training on %d pair(s): %s", len(images),
                  ", ".join(f"{a.name} -> {b.name}" for a, b in zip(images, clean)))
@@ -223,9 +249,13 @@ def _fit(run: TrainingRun, model, batches, validation, settings: CARETraining, d
     if run.parent:
         _start_from(model, run.parent, run.kind)
     model.prepare_for_training(optimizer=_adam(settings.learning_rate))
+    # Keras 2 (the n2v environment) pulls a Python generator from a queue-feeding thread whose
+    # shutdown held up fit's return by 0-40 s (measured after time-limit stops); workers=0
+    # draws the batches in the training loop instead (1-6 ms per batch). Keras 3 has neither.
+    threadless = {"workers": 0} if "workers" in inspect.signature(model.keras_model.fit).parameters else {}
     model.keras_model.fit(batches, validation_data=validation, epochs=int(settings.epochs),
                           steps_per_epoch=int(settings.steps_per_epoch),
-                          callbacks=list(model.callbacks) + run.callbacks(checkpoint=False), verbose=0)
+                          callbacks=list(model.callbacks) + run.callbacks(checkpoint=False), verbose=0, **threadless)
     depth = int(settings.unet_depth)
     extra = {"axes": spatial_axes(run.ndim), "halo": receptive_halo(depth, int(settings.unet_kern_size), blurpool=blurpool),
              "align": 2**depth}
@@ -235,9 +265,36 @@ def _fit(run: TrainingRun, model, batches, validation, settings: CARETraining, d
     return meta
 
 
+#: What a parent's config.json must share with the configured network to be fine-tuned.
+NETWORK_KEYS = ("unet_n_depth", "unet_kern_size", "unet_n_first", "unet_residual", "unet_last_activation",
+                "probabilistic", "batch_norm", "blurpool", "skip_skipone")
+
+
+def check_parent(parent: str | Path, kind: str, config) -> dict:
+    """Check that the model folder ``parent`` can be fine-tuned as the network ``config``
+    (the csbdeep/n2v config built from the settings) describes; return its description
+    (:func:`~snakescope.restoration.models.check_model`).
+
+    InputError naming the folder: another kind (N2V vs CARE), other channels than one in
+    and one out, another dimensionality, or another network (the keys that differ, with
+    both values, so that the settings can be set to the parent's).
+    """
+    info = check_model(parent, kind)
+    if info["ndim"] != int(config.n_dim):
+        raise InputError(parent, f"is a {info['ndim']}D {kind.upper()} model; it cannot be fine-tuned on "
+                                 f"{config.n_dim}D images (use restoration.model_{config.n_dim}d)")
+    theirs = info["config"]
+    differ = [f"{k} {getattr(config, k)!r} here, {theirs[k]!r} in the parent" for k in NETWORK_KEYS
+              if k in theirs and hasattr(config, k) and getattr(config, k) != theirs[k]]
+    if differ:
+        raise InputError(parent, f"its network differs from the configured one ({'; '.join(differ)}): set "
+                                 f"restoration.{kind} to the parent's values to fine-tune it")
+    return info
+
+
 def _start_from(model, parent: str | Path, kind: str) -> None:
     """Load the best weights of ``parent`` (a model folder of the same network)."""
-    info = check_model(parent, kind)
+    info = check_parent(parent, kind, model.config)
     try:
         load_weights(model.keras_model, Path(parent) / WEIGHTS_BEST)
     except Exception as exc:

@@ -1,4 +1,5 @@
-"""Per-object measurements: one row per object and time point, written as Parquet."""
+"""Per-object measurements: one row per object and time point (with a typed U-Net's cell
+type), written as Parquet."""
 
 from __future__ import annotations
 
@@ -36,12 +37,18 @@ def measure_frame(labels: np.ndarray, intensity: np.ndarray, spatial: str, voxel
 
 def measure_objects(labels_path, image_path, *, channel: int = 0):
     """One row per object and time point (``t``, ``label``, centroid per axis, size, shape
-    and intensity) of a labels NGFF (from segmentation) on its raw intensity image."""
+    and intensity) of a labels NGFF (from segmentation) on its raw intensity image.
+
+    From a typed U-Net also ``type``, the cell type most of the object's pixels have in its
+    class map, and ``type_fraction``, the share of its typed pixels that have it
+    (:func:`snakescope.segmentation.unet.types.object_types`)."""
     import pandas as pd
 
-    from snakescope.io.labels import read_labels_image
+    from snakescope.io.labels import class_map_names, read_class_map, read_labels_image
 
     labels_image = read_labels_image(labels_path)
+    type_names = class_map_names(labels_path)[1]
+    class_map = read_class_map(labels_path) if type_names else None
     image = ngff.read_image(image_path)
     spatial = spatial_axes(image.axes)
     voxel = image.voxel_size
@@ -51,8 +58,19 @@ def measure_objects(labels_path, image_path, *, channel: int = 0):
         intensity = np.asarray(image.data[index])
         table = measure_frame(labels, intensity, spatial, voxel)
         table.insert(0, "t", 0 if t is None else t)
+        if class_map is not None:
+            _add_types(table, labels, class_map.data[(t,) if t is not None else ()], type_names)
         tables.append(table)
     return pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
+
+
+def _add_types(table, labels: np.ndarray, class_map, type_names) -> None:
+    """The ``type`` (None where no pixel is typed) and ``type_fraction`` columns of a frame."""
+    from snakescope.segmentation.unet.types import object_types
+
+    found = object_types(labels, np.asarray(class_map), len(type_names))
+    table["type"] = [type_names[found[int(i)][0] - 1] if found[int(i)][0] else None for i in table["label"]]
+    table["type_fraction"] = [found[int(i)][1] for i in table["label"]]
 
 
 def measure(labels_path, image_path, out_path, *, channel: int = 0) -> int:

@@ -29,14 +29,15 @@ from snakescope.io import ngff
 from snakescope.io.atomic import write_json
 from snakescope.io.frames import spatial_axes
 from snakescope.io.labels import write_label_image
+from snakescope.segmentation.rescale import plan_rescale
 from snakescope.segmentation.training_data import train_validation_keys
-from snakescope.settings import Segmentation, StarDistTraining
+from snakescope.settings import Segmentation, StarDistTraining, defaults
 from snakescope.training.harness import (METADATA, WEIGHTS_BEST, WEIGHTS_LAST, Schedule, TrainingRun,
-                                         seed_everything)
+                                         freeze_encoder as freeze_down_path, seed_everything)
 
 log = logging.getLogger(__name__)
 
-__all__ = ["augmenter", "check_thresholds", "load_model", "predict_stardist", "predict_stardist_part",
+__all__ = ["augmenter", "check_parent", "check_thresholds", "load_model", "predict_stardist", "predict_stardist_part",
            "qc_field_of_view", "train_stardist"]
 
 
@@ -88,14 +89,17 @@ def qc_field_of_view(model, labels_list) -> list[str]:
 
 
 def train_stardist(pairs: dict, out_dir: str | Path, settings: StarDistTraining, *, split: Mapping, seed: int,
-                   parent: str | Path | None = None, deterministic: bool = True,
+                   parent: str | Path | None = None, freeze_encoder: bool = False, deterministic: bool = True,
                    reduce_lr_patience: int | None = None) -> dict:
     """Train a 2D or 3D StarDist model on ``pairs`` (key -> (image, labels)); write its folder.
 
     ``settings``: ``segmentation.stardist`` (3D: ``Segmentation.stardist_for(3)``).
     ``split``: {'train': [...], 'validation': [...]} over the keys of ``pairs``. ``parent``:
     a StarDist model folder to fine-tune (its architecture and weights; ``n_rays``, ``grid``
-    and ``unet_n_depth`` are then the parent's). ``deterministic``: TensorFlow's
+    and ``unet_n_depth`` are then the parent's; a parent of the other dimensionality or with
+    several input channels, or settings asking for another network, is an InputError, see
+    :func:`check_parent`). ``freeze_encoder``: keep the parent's down path (grid pooling and
+    ``down_level_*`` layers) fixed and train the rest. ``deterministic``: TensorFlow's
     deterministic kernels (slower; same seed, same weights). ``reduce_lr_patience``: halve
     the learning rate after that many epochs without a better validation loss (down to
     1e-5) instead of StarDist's own schedule.
@@ -117,7 +121,12 @@ def train_stardist(pairs: dict, out_dir: str | Path, settings: StarDistTraining,
     ndim = X[0].ndim
     if any(x.ndim != ndim for x in X + Xv):
         raise InputError(out_dir, "training images mix 2D and 3D frames; train one model per dimensionality")
-    parent_model = _parent(parent, ndim) if parent else None
+    if freeze_encoder and not parent:
+        raise InputError("freeze_encoder", "freezes the down path of a parent model: name the model to fine-tune")
+    parent_model = None
+    if parent:
+        parent_model, parent_notes = check_parent(parent, ndim, settings, Y)
+        notes += parent_notes
 
     wanted = settings.patch_size
     patch = _patch_size([x.shape for x in X + Xv], wanted[-ndim:] if len(wanted) >= ndim else (wanted[0],) * ndim)
@@ -126,6 +135,7 @@ def train_stardist(pairs: dict, out_dir: str | Path, settings: StarDistTraining,
                         time_limit=settings.time_limit)
     with TrainingRun(out_dir, kind="stardist", ndim=ndim, seed=seed, schedule=schedule, parent=parent) as run:
         model = _build(ndim, run.folder, settings, patch, Y, parent_model)
+        frozen = freeze_down_path(model.keras_model) if freeze_encoder else []
         notes += qc_field_of_view(model, Y)
         for note in notes:
             log.warning("%s", note)
@@ -142,7 +152,10 @@ def train_stardist(pairs: dict, out_dir: str | Path, settings: StarDistTraining,
         metadata = run.finish(model.keras_model, settings=settings.to_dict(),
                               data={"n_train": len(X), "n_validation": len(Xv), "train_keys": train_keys,
                                     "validation_keys": val_keys},
-                              extra={"patch_size": list(patch), "notes": notes}, title="StarDist training")
+                              extra={"patch_size": list(patch), "notes": notes,
+                                     **({"fine_tuning": {"freeze_encoder": bool(freeze_encoder),
+                                                         "frozen_layers": frozen}} if parent else {})},
+                              title="StarDist training")
         # thresholds of the best weights (finish() loaded them), saved as thresholds.json too
         metadata["thresholds"] = model.optimize_thresholds(Xv, Yv, predict_kwargs={"show_tile_progress": False},
                                                            optimize_kwargs={"verbose": 0})
@@ -150,14 +163,59 @@ def train_stardist(pairs: dict, out_dir: str | Path, settings: StarDistTraining,
     return metadata
 
 
-def _parent(folder: str | Path, ndim: int):
-    """The model to fine-tune, checked: same dimensionality, one input channel."""
+def check_parent(folder: str | Path, ndim: int, settings: StarDistTraining, labels=()) -> tuple:
+    """The StarDist model in ``folder`` to fine-tune on ``ndim``-D frames, and notes.
+
+    What must match raises InputError naming the folder and both values: the
+    dimensionality, one input channel, and the network (``n_rays``, ``grid``,
+    ``unet_n_depth``) where ``settings`` ask for another one than the schema's default. The
+    parent's network is kept: where ``settings`` hold a default that differs from it, one
+    note says so (the shipped models need no change of settings). In 3D, a note also says
+    when the objects of ``labels`` are much more or less anisotropic than the parent's rays
+    were made for.
+    """
+    folder = Path(folder)
+    try:  # what must match, read before the weights load (a 3-channel model's would not)
+        theirs = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError):
+        theirs = {}
+    if theirs.get("n_dim", ndim) != ndim:
+        raise InputError(folder, f"is a {theirs['n_dim']}D StarDist model; it cannot be fine-tuned on {ndim}D frames "
+                                 f"(use segmentation.model_{ndim}d for {ndim}D samples)")
+    if theirs.get("n_channel_in", 1) != 1:
+        raise InputError(folder, f"takes {theirs['n_channel_in']} input channels, the samples give 1 (snakescope "
+                                 f"segments one channel): fine-tune a one-channel model")
     model = load_model(folder)
-    if model.config.n_dim != ndim:
-        raise InputError(folder, f"a {model.config.n_dim}D model cannot be fine-tuned on {ndim}D frames")
-    if model.config.n_channel_in != 1:
-        raise InputError(folder, f"the model takes {model.config.n_channel_in} channels; snakescope trains on one")
-    return model
+    config = model.config
+    default = defaults().segmentation.stardist_for(ndim)
+    asked, ignored = [], []
+    for key, mine, parents in (("n_rays", settings.n_rays, config.n_rays),
+                               ("grid", list(settings.grid) if settings.grid else None, list(config.grid)),
+                               ("unet_n_depth", settings.unet_n_depth, config.unet_n_depth)):
+        if mine is None or mine == parents:
+            continue
+        default_value = getattr(default, key)
+        is_default = mine == (list(default_value) if key == "grid" and default_value else default_value)
+        (ignored if is_default else asked).append((key, mine, parents))
+    section = "segmentation.stardist" + (" (stardist_3d)" if ndim == 3 else "")
+    if asked:
+        differ = "; ".join(f"{k} {m} here, {p} in the parent" for k, m, p in asked)
+        raise InputError(folder, f"its network differs from the one {section} asks for ({differ}): set "
+                                 f"them to the parent's values (or leave them out) to fine-tune it, or set "
+                                 f"segmentation.model_{ndim}d: null to train from scratch")
+    kept = "; ".join(f"{k} {m} (the parent's: {p})" for k, m, p in ignored)
+    notes = [f"fine-tuning {folder}: its network is kept, so the settings' {kept} do not apply"] if ignored else []
+    if ndim == 3 and len(labels) and getattr(config, "anisotropy", None):
+        from stardist import calculate_extents
+
+        extents = np.array(calculate_extents(list(labels)), float)
+        anisotropy = np.max(extents) / np.maximum(extents, 1e-9)
+        ratio = anisotropy / np.array(config.anisotropy, float)
+        if np.any(ratio > 1.5) or np.any(ratio < 1 / 1.5):
+            notes.append(f"fine-tuning {folder}: the objects' anisotropy {tuple(np.round(anisotropy, 2).tolist())} "
+                         f"differs from the parent's {tuple(np.round(config.anisotropy, 2).tolist())} its rays were "
+                         f"made for; resample the stacks or expect coarser shapes")
+    return model, notes
 
 
 def _build(ndim, folder: Path, settings: StarDistTraining, patch, labels, parent=None):
@@ -254,7 +312,8 @@ def predict_stardist_part(model, image_path, out_path, settings: Segmentation, *
 def _frame_segmenter(model, image_path, settings: Segmentation, part=None):
     """A ``segment_frame(frame, out)`` for the frames of ``image_path`` (only the share ``part``
     of their blocks when given), and the summary of the segmentation (method, model,
-    thresholds used)."""
+    thresholds used, rescaling). With ``settings.rescale`` auto the frames are segmented on
+    the model's pixel grid (:mod:`snakescope.segmentation.rescale`)."""
     check_thresholds(settings.prob_thresh, settings.nms_thresh)
     image = ngff.read_image(image_path)
     spatial = spatial_axes(image.axes).upper()
@@ -264,6 +323,7 @@ def _frame_segmenter(model, image_path, settings: Segmentation, part=None):
     kwargs = {"prob_thresh": settings.prob_thresh if settings.prob_thresh is not None else thresholds.get("prob"),
               "nms_thresh": settings.nms_thresh if settings.nms_thresh is not None else thresholds.get("nms")}
     grid = model._axes_div_by(spatial)
+    rescaling = plan_rescale(model.logdir, image_path, settings.rescale)
 
     def predict(block):
         labels, _ = model.predict_instances(block, axes=spatial, show_tile_progress=False, **kwargs)
@@ -275,7 +335,8 @@ def _frame_segmenter(model, image_path, settings: Segmentation, part=None):
                                            field_of_view=lambda: model._axes_tile_overlap(spatial), part=part,
                                            where=str(image_path))
 
-    return segment_frame, {"method": "stardist", "model": str(model.logdir), "thresholds": kwargs}
+    return rescaling.wrap(segment_frame), {"method": "stardist", "model": str(model.logdir), "thresholds": kwargs,
+                                           "rescale": rescaling.record()}
 
 
 def _single_openmp_thread():

@@ -51,7 +51,7 @@ from snakescope.training.curves import plot_curves
 log = logging.getLogger(__name__)
 
 __all__ = ["CONFIG", "CURVES", "HISTORY", "LOG", "METADATA", "WEIGHTS_BEST", "WEIGHTS_LAST", "Schedule",
-           "TrainingRun", "load_weights", "read_metadata", "save_weights", "seed_everything"]
+           "TrainingRun", "freeze_encoder", "load_weights", "read_metadata", "save_weights", "seed_everything"]
 
 CONFIG = "config.json"
 WEIGHTS_BEST = "weights_best.h5"
@@ -102,6 +102,24 @@ def save_weights(keras_model, path: str | Path) -> None:
 
 def load_weights(keras_model, path: str | Path) -> None:
     keras_model.load_weights(str(path))
+
+
+def freeze_encoder(keras_model) -> list[str]:
+    """Freeze the down path of a csbdeep U-Net (StarDist's, the three-class U-Net's) for
+    fine-tuning: every layer with weights before the first ``middle`` layer (StarDist's
+    grid-pooling convolutions and the ``down_level_*`` blocks). Call before compiling.
+    Returns the names of the layers frozen."""
+    names = [layer.name for layer in keras_model.layers]
+    if not any(n.startswith("middle") for n in names):
+        raise ValueError("not a csbdeep U-Net: no 'middle' layer marks the end of its down path")
+    frozen = []
+    for layer in keras_model.layers:
+        if layer.name.startswith("middle"):
+            break
+        if layer.weights:
+            layer.trainable = False
+            frozen.append(layer.name)
+    return frozen
 
 
 def read_metadata(folder: str | Path) -> dict:
@@ -185,7 +203,7 @@ def _schedule_callback(schedule: Schedule, total_steps: int, deadline: float | N
 
         def on_train_batch_end(self, batch, logs=None):
             self.step += 1
-            if deadline is not None and self.progress() >= 1.0:
+            if deadline is not None and time.perf_counter() >= deadline:  # not when the planned steps end it
                 self.model.stop_training = self.hit_deadline = True
 
         def on_epoch_end(self, epoch, logs=None):

@@ -1,10 +1,10 @@
-"""The three-class U-Net's network: its architecture (defaults filled in per dimensionality),
+"""The U-Net's network: its architecture (defaults filled in per dimensionality),
 the Keras model (csbdeep's ``custom_unet`` with a softmax), the pooling grid and receptive
 field that blockwise prediction needs, and the loaded model (:class:`UNet`, :func:`load_unet`).
 
 The model folder is the training harness's (:mod:`snakescope.training.harness`);
-``config.json`` holds what rebuilding the network needs (format, classes, architecture,
-post-processing thresholds, prediction grid and halo).
+``config.json`` holds what rebuilding the network needs (format, classes, the cell types of
+a typed U-Net, architecture, post-processing thresholds, prediction grid and halo).
 """
 
 from __future__ import annotations
@@ -49,8 +49,9 @@ def per_axis(value, ndim: int) -> tuple[int, ...]:
     return value
 
 
-def architecture_for(ndim: int, architecture: Mapping) -> dict:
-    """The full architecture (sizes per axis) of a ``ndim``-D U-Net from the settings'."""
+def architecture_for(ndim: int, architecture: Mapping, n_classes: int = len(CLASS_NAMES)) -> dict:
+    """The full architecture (sizes per axis) of a ``ndim``-D U-Net from the settings', with
+    ``n_classes`` outputs (2K + 1 for K cell types)."""
     arch = dict(architecture)
     if set(arch) != set(ARCHITECTURE_KEYS):
         raise InputError("unet.architecture", f"needs exactly {', '.join(ARCHITECTURE_KEYS)} (got {sorted(arch)})")
@@ -60,12 +61,12 @@ def architecture_for(ndim: int, architecture: Mapping) -> dict:
         raise InputError("unet.kernel_size", f"{arch['kernel_size']}: kernel sizes must be odd")
     arch["ndim"] = ndim
     arch["n_channel_in"] = 1
-    arch["n_classes"] = len(CLASS_NAMES)
+    arch["n_classes"] = int(n_classes)
     return arch
 
 
 def build_keras_model(architecture: Mapping):
-    """A csbdeep U-Net with a softmax over the three classes; input (None, ..., 1)."""
+    """A csbdeep U-Net with a softmax over its classes; input (None, ..., 1)."""
     from csbdeep.internals.nets import custom_unet
 
     ndim = int(architecture["ndim"])
@@ -127,6 +128,16 @@ class UNet:
     @property
     def ndim(self) -> int:
         return int(self.architecture["ndim"])
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        """Its pixel classes: background, contour, body; or per cell type (typed U-Net)."""
+        return tuple(self.config.get("classes", CLASS_NAMES))
+
+    @property
+    def types(self) -> list[str]:
+        """The cell types of a typed U-Net ([] for the three-class one)."""
+        return list(self.config.get("types", []))
 
     @property
     def postprocessing(self) -> dict:

@@ -15,6 +15,7 @@ from snakescope.errors import InputError
 from snakescope.io import ngff
 from snakescope.io.frames import spatial_axes
 from snakescope.io.labels import CLASS_MAP, write_label_image
+from snakescope.segmentation.rescale import plan_rescale
 from snakescope.segmentation.unet.network import UNet, as_unet, divisor, per_axis, receptive_field_radius, round_up
 from snakescope.segmentation.unet.targets import CLASS_NAMES
 from snakescope.settings import Segmentation
@@ -82,6 +83,14 @@ def predict_probabilities(model, image, block_shape="auto", halo=None, *, out=No
     return out
 
 
+def _check_probabilities(prob) -> None:
+    """Class probabilities of a 2D/3D frame: 3 classes, or 2K + 1 for K cell types."""
+    n = prob.shape[-1] if prob.ndim else 0
+    if prob.ndim not in (3, 4) or n < len(CLASS_NAMES) or n % 2 != 1:
+        raise InputError("probabilities", f"expected shape (..., {len(CLASS_NAMES)}) (or (..., 2K + 1) for K cell "
+                                          f"types) for a 2D/3D frame, got {prob.shape}")
+
+
 def probabilities_to_instances(prob, body_threshold: float = 0.5, foreground_threshold: float = 0.5, *,
                                min_seed_size: int = 3, min_size: int = 8, seed_erosion: int = 0,
                                connectivity: int = 1) -> np.ndarray:
@@ -90,17 +99,18 @@ def probabilities_to_instances(prob, body_threshold: float = 0.5, foreground_thr
     Seeds are the connected components of ``body > body_threshold`` (eroded
     ``seed_erosion`` times, smaller than ``min_seed_size`` dropped); they grow by watershed
     on ``-body`` within the foreground ``1 - background > foreground_threshold``; objects
-    smaller than ``min_size`` are removed and ids renumbered 1..n.
+    smaller than ``min_size`` are removed and ids renumbered 1..n. For a typed U-Net
+    (``(..., 2K + 1)``) the body is the sum of the types' bodies: instances do not depend on
+    which type a pixel is given.
     """
     from skimage.segmentation import relabel_sequential, watershed
 
     prob = np.asarray(prob, dtype=np.float32)
-    if prob.ndim not in (3, 4) or prob.shape[-1] != len(CLASS_NAMES):
-        raise InputError("probabilities", f"expected shape (..., {len(CLASS_NAMES)}) for a 2D/3D frame, got {prob.shape}")
+    _check_probabilities(prob)
     for name, value in (("body_threshold", body_threshold), ("foreground_threshold", foreground_threshold)):
         if not 0 <= float(value) <= 1:
             raise InputError(f"unet.{name}", f"{value} is out of range [0, 1]")
-    body = prob[..., 2]
+    body = prob[..., 2] if prob.shape[-1] == len(CLASS_NAMES) else prob[..., 2::2].sum(-1)
     structure = ndimage.generate_binary_structure(body.ndim, connectivity)
     seeds_mask = body > body_threshold
     if seed_erosion:
@@ -123,15 +133,15 @@ def probabilities_to_instances(prob, body_threshold: float = 0.5, foreground_thr
 
 
 def probabilities_to_classes(prob, *, band_pixels: int = 1 << 22) -> np.ndarray:
-    """The class map (uint8: 0 background, 1 contour, 2 body) of probabilities ``(..., 3)``:
-    the most probable class of each pixel (a tie goes to the lower class, as ``argmax``).
+    """The class map (uint8: 0 background, 1 contour, 2 body; per type for a typed U-Net) of
+    probabilities ``(..., n_classes)``: the most probable class of each pixel (a tie goes to
+    the lower class, as ``argmax``).
 
     Computed in bands along the first axis, so the temporaries stay small next to the
     probabilities themselves (12 bytes per pixel against the map's 1).
     """
     prob = np.asarray(prob)
-    if prob.ndim not in (3, 4) or prob.shape[-1] != len(CLASS_NAMES):
-        raise InputError("probabilities", f"expected shape (..., {len(CLASS_NAMES)}) for a 2D/3D frame, got {prob.shape}")
+    _check_probabilities(prob)
     shape = prob.shape[:-1]
     classes = np.empty(shape, np.uint8)
     rows = max(1, int(band_pixels) // max(1, math.prod(shape[1:])))
@@ -178,25 +188,32 @@ def predict_instances(model, image, block_shape="auto", halo=None, *, where="ima
 
 def predict_unet(model: UNet, image_path, out_path, settings: Segmentation, *, channel: int,
                  name: str = "segmentation") -> dict:
-    """Three-class U-Net + seeded watershed instances for every frame, into NGFF labels.
+    """U-Net + seeded watershed instances for every frame, into NGFF labels.
 
     ``model``: from :func:`load_unet`. ``settings``: the ``segmentation`` section (its
     ``block_size``, at most :data:`MAX_BLOCK`). The network's class map (the most probable
-    class per pixel, uint8: 0 background, 1 contour, 2 body) goes with them, as the labels
-    image ``classes`` of the same folder (:func:`snakescope.io.labels.read_class_map`), from
-    the same probabilities (one frame at a time, computed block by block).
+    class per pixel, uint8: 0 background, 1 contour, 2 body; a typed U-Net's per type, the
+    types named in the group's summary) goes with them, as the labels image ``classes`` of
+    the same folder (:func:`snakescope.io.labels.read_class_map`), from the same
+    probabilities (one frame at a time, computed block by block). With
+    ``settings.rescale`` auto the frames are segmented on the model's pixel grid and both
+    label images put back on the image's (:mod:`snakescope.segmentation.rescale`).
     """
     image = ngff.read_image(image_path)
     if len(spatial_axes(image.axes)) != model.ndim:
         raise InputError(image_path, f"a {model.ndim}D model cannot segment frames with axes {image.axes}")
     block = frame_block_shape(min(settings.block_size, MAX_BLOCK), model.ndim)
+    rescaling = plan_rescale(model.model_dir, image_path, settings.rescale)
 
     def segment_frame(frame, out, classes_out):
         labels = model.predict_instances(frame, block_shape=block, where=str(image_path), classes_out=classes_out)
         out[...] = labels.astype(np.uint32)
         return labels.max()
 
-    return write_label_image(image_path, out_path, segment_frame, channel=channel, name=name, class_names=CLASS_NAMES,
+    return write_label_image(image_path, out_path, rescaling.wrap(segment_frame), channel=channel, name=name,
+                             class_names=model.class_names,
                              summary={"method": "unet", "model": str(model.model_dir),
                                       "postprocessing": model.postprocessing, "class_map": CLASS_MAP,
-                                      "classes": list(CLASS_NAMES)})
+                                      "classes": list(model.class_names),
+                                      **({"types": model.types} if model.types else {}),
+                                      "rescale": rescaling.record()})

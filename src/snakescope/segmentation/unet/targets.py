@@ -1,12 +1,13 @@
-"""Three-class U-Net targets: background / contour / body classes from instance labels,
-checked training pairs, and the pixel-class confusion of a predicted class map.
+"""U-Net targets: background / contour / body classes from instance labels (per cell type
+for a typed U-Net), checked training pairs, and the pixel-class confusion of a predicted
+class map.
 
 Only numpy, scipy and scikit-image are imported here (no TensorFlow).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -50,13 +51,17 @@ def check_pair(where: str | Path, image, labels, *, allow_empty: bool = False) -
     return image, labels
 
 
-def labels_to_classes(labels, where: str | Path = "labels") -> np.ndarray:
+def labels_to_classes(labels, where: str | Path = "labels", types=None) -> np.ndarray:
     """Three-class targets (uint8: 0 background, 1 contour, 2 body) from instance labels.
 
     The contour is the inner boundary of each object (pixels of the object that touch
     another id or the background, 4- / 6-connectivity), so two touching objects are split
     by a two-pixel line; body is the rest of each object. An object too thin to have a
     body keeps its innermost pixel as body, so that every object yields a watershed seed.
+
+    ``types`` (typed U-Net): each object's type id (1..K) on its pixels, as
+    :func:`snakescope.segmentation.unet.types.object_type_image` makes it; type k's contour
+    is then class 2k - 1 and its body 2k.
     """
     from skimage.segmentation import find_boundaries
 
@@ -75,6 +80,13 @@ def labels_to_classes(labels, where: str | Path = "labels") -> np.ndarray:
             dist = ndimage.distance_transform_edt(np.pad(mask, 1))[(slice(1, -1),) * mask.ndim]
             idx = np.unravel_index(np.argmax(np.where(mask, dist, -1)), mask.shape)
             classes[sl][idx] = 2
+    if types is not None:
+        types = np.asarray(types)
+        if types.shape != labels.shape:
+            raise InputError(where, f"type image shape {types.shape} differs from the labels' {labels.shape}")
+        if np.any(types[fg] == 0):
+            raise InputError(where, "some labelled pixels have no type")
+        classes[fg] += (2 * (types[fg].astype(np.int64) - 1)).astype(np.uint8)
     return classes
 
 
@@ -124,14 +136,18 @@ def read_pairs(image_files: Sequence[str | Path], label_files: Sequence[str | Pa
 
 
 def class_confusion(labels, class_map, *, time_axis: int | None = None, where: str | Path = "labels",
-                    pred_where: str | Path = "class map") -> np.ndarray:
+                    pred_where: str | Path = "class map", types=None, types_where: str | Path = "types",
+                    class_names=CLASS_NAMES) -> np.ndarray:
     """Pixel-class confusion matrix (int64 counts; rows true class, columns predicted, in
-    :data:`CLASS_NAMES` order) of a predicted class map against instance ``labels``.
+    ``class_names`` order) of a predicted class map against instance ``labels``.
 
     The true classes come from :func:`labels_to_classes`, the training targets (same contour
-    definition). With ``time_axis``, frame by frame (a contour never spans time points) and
-    added up; ``class_map`` may then be a Zarr array, read one frame at a time. Shape, dtype
-    and class-id problems raise :class:`InputError` naming ``where`` / ``pred_where``.
+    definition), typed by ``types`` (a typed U-Net's classes: a type image or {label: type
+    id}, see :func:`snakescope.segmentation.unet.types.object_type_image`). With
+    ``time_axis``, frame by frame (a contour never spans time points) and added up;
+    ``class_map`` (and a type image) may then be a Zarr array, read one frame at a time.
+    Shape, dtype and class-id problems raise :class:`InputError` naming ``where`` /
+    ``pred_where`` / ``types_where``.
     """
     from snakescope.evaluation.classes import semantic_metrics
 
@@ -139,15 +155,28 @@ def class_confusion(labels, class_map, *, time_axis: int | None = None, where: s
         labels = np.moveaxis(np.asarray(labels), time_axis, 0)
         if time_axis != 0:  # a lazy (Zarr) map is read frame by frame only along its first axis
             class_map = np.moveaxis(np.asarray(class_map), time_axis, 0)
+            if types is not None and not isinstance(types, Mapping):
+                types = np.moveaxis(np.asarray(types), time_axis, 0)
         if tuple(class_map.shape) != tuple(labels.shape):
             raise InputError(pred_where, f"class map shape {tuple(class_map.shape)} differs from ground-truth shape "
                                          f"{tuple(labels.shape)} of {where}")
-        cm = np.zeros((len(CLASS_NAMES),) * 2, np.int64)
+        cm = np.zeros((len(class_names),) * 2, np.int64)
         for t in range(labels.shape[0]):
+            frame_types = types if types is None or isinstance(types, Mapping) else types[t]
             cm += class_confusion(labels[t], class_map[t], where=f"{where} (time point {t})",
-                                  pred_where=f"{pred_where} (time point {t})")
+                                  pred_where=f"{pred_where} (time point {t})", types=frame_types,
+                                  types_where=f"{types_where} (time point {t})", class_names=class_names)
         return cm
-    truth = labels_to_classes(labels, where)
-    return semantic_metrics(truth, np.asarray(class_map), CLASS_NAMES, where=pred_where)["confusion_matrix"]
+    if len(class_names) > len(CLASS_NAMES):
+        from snakescope.segmentation.unet.types import object_type_image
+
+        if types is None:
+            raise InputError(where, f"the classes {list(class_names)} need each object's type: give the sample's "
+                                    "types (a type image or a label,type table)")
+        types = object_type_image(labels, types, (len(class_names) - 1) // 2, where=types_where)
+    else:
+        types = None
+    truth = labels_to_classes(labels, where, types)
+    return semantic_metrics(truth, np.asarray(class_map), class_names, where=pred_where)["confusion_matrix"]
 
 

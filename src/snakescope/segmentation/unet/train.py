@@ -19,14 +19,15 @@ from snakescope.segmentation.unet.network import (DEFAULT_POSTPROCESSING, FORMAT
                                                   build_keras_model, divisor, load_unet, per_axis,
                                                   receptive_field_radius, round_up)
 from snakescope.segmentation.unet.predict import predict_probabilities, probabilities_to_instances
-from snakescope.segmentation.unet.targets import (CLASS_NAMES, check_pair, class_weights_from_frequencies,
-                                                  labels_to_classes)
+from snakescope.segmentation.unet.targets import check_pair, class_weights_from_frequencies, labels_to_classes
+from snakescope.segmentation.unet.types import class_names_for, object_type_image
 from snakescope.settings import UNetTraining
-from snakescope.training.harness import CONFIG, METADATA, Schedule, TrainingRun, seed_everything
+from snakescope.training.harness import (CONFIG, METADATA, Schedule, TrainingRun, freeze_encoder as freeze_down_path,
+                                         seed_everything)
 
 log = logging.getLogger(__name__)
 
-__all__ = ["AUGMENT", "patch_batches", "train_unet"]
+__all__ = ["AUGMENT", "check_parent", "patch_batches", "train_unet"]
 
 #: Augmentation of the training patches (``segmentation.unet.augment: true``).
 AUGMENT = {
@@ -153,28 +154,68 @@ def _optimize_postprocessing(probs, labels, base: dict) -> tuple[dict, float]:
 
 
 
-def _parent(folder: str | Path, ndim: int) -> UNet:
-    """The U-Net to fine-tune, checked: same dimensionality."""
+def _typed_labels(checked: Mapping, types: Mapping | None, settings: UNetTraining) -> dict:
+    """{name: (labels, each object's type on its pixels or None)} of the checked pairs: types
+    are required for a typed U-Net (``settings.types``, two or more) and refused without one."""
+    n_types = len(settings.types) if len(settings.types) > 1 else 0
+    types = {str(k): v for k, v in (types or {}).items()}
+    if types and not n_types:
+        raise InputError("segmentation.unet.types", "object types were given, but a typed U-Net needs two or more "
+                                                    f"type names here (got {list(settings.types)})")
+    missing = sorted(set(checked) - set(types)) if n_types else []
+    if missing:
+        raise InputError(missing[0], f"no object types for {len(missing)} training image(s) of a typed U-Net "
+                                     f"({', '.join(missing[:5])}{', ...' if len(missing) > 5 else ''})")
+    return {k: (y, object_type_image(y, types[k], n_types, where=k) if n_types else None)
+            for k, (_, y) in checked.items()}
+
+
+def check_parent(folder: str | Path, ndim: int, settings: UNetTraining) -> tuple[UNet, list[str]]:
+    """The U-Net in ``folder`` to fine-tune on ``ndim``-D frames, and notes.
+
+    What must match raises InputError naming the folder: the dimensionality, the classes
+    (background, contour, body; per type for ``settings.types``) and one input channel. The parent's architecture is kept:
+    where ``settings.architecture`` asks for another one, one note says so.
+    """
     model = load_unet(folder)
     if model.ndim != ndim:
-        raise InputError(folder, f"a {model.ndim}D U-Net cannot be fine-tuned on {ndim}D frames")
-    return model
+        raise InputError(folder, f"is a {model.ndim}D U-Net; it cannot be fine-tuned on {ndim}D frames "
+                                 f"(use segmentation.model_{ndim}d for {ndim}D samples)")
+    classes, expected = list(model.config.get("classes", [])), list(class_names_for(settings.types))
+    if classes != expected:
+        raise InputError(folder, f"predicts the classes {classes}, not {expected}")
+    if int(model.architecture.get("n_channel_in", 1)) != 1:
+        raise InputError(folder, f"takes {model.architecture['n_channel_in']} input channels; snakescope segments one")
+    wanted = architecture_for(ndim, settings.architecture, len(expected))
+    ignored = [f"{k} {wanted[k]} (the parent's: {model.architecture.get(k)})" for k in sorted(wanted)
+               if wanted[k] != model.architecture.get(k)]
+    notes = [f"fine-tuning {folder}: its architecture is kept, so the settings' {'; '.join(ignored)} do not apply"] \
+        if ignored else []
+    return model, notes
 
 
 def train_unet(pairs: Mapping, out_dir: str | Path, settings: UNetTraining, *, split: Mapping, seed: int,
-               parent: str | Path | None = None, class_weights="auto", foreground_fraction: float = 0.5,
-               max_validation_patches: int = 64, postprocessing: Mapping | None = None,
+               types: Mapping | None = None, parent: str | Path | None = None, freeze_encoder: bool = False,
+               class_weights="auto",
+               foreground_fraction: float = 0.5, max_validation_patches: int = 64,
+               postprocessing: Mapping | None = None,
                optimize_thresholds: bool = True, allow_empty: bool = False, jit_compile: bool | str = "auto",
                verbose: int = 0) -> dict:
-    """Train a 2D or 3D three-class U-Net on ``pairs`` and write its model folder.
+    """Train a 2D or 3D U-Net on ``pairs`` and write its model folder: three classes, or
+    2K + 1 for the K >= 2 cell types ``settings.types`` (:mod:`.types`).
 
-    ``pairs``: {name: (normalized image, instance labels)}, all 2D or all 3D. ``settings``:
+    ``pairs``: {name: (normalized image, instance labels)}, all 2D or all 3D. ``types``
+    (typed U-Net, required then): {name: the pair's type image or {label: type id}}, type
+    ids 1..K in the order of ``settings.types`` (each object takes one type, see
+    :func:`~snakescope.segmentation.unet.types.object_type_image`). ``settings``:
     ``segmentation.unet`` (3D: ``Segmentation.unet_for(3)``); with ``patience``, early stopping and the learning rate halved after half as many epochs
     without a better validation loss. ``split``: {'train': [...], 'validation': [...]} over
     the names (e.g. from :func:`snakescope.training.splits.make_or_load_split`). ``parent``:
-    a U-Net folder to fine-tune (its architecture and weights). ``class_weights``: "auto"
-    (median-frequency balancing of the training label frequencies) or three numbers
-    (background, contour, body).
+    a U-Net folder to fine-tune (its architecture and weights; checked by
+    :func:`check_parent`). ``freeze_encoder``: keep the parent's down path (the
+    ``down_level_*`` layers) fixed and train the rest. ``class_weights``: "auto"
+    (median-frequency balancing of the training label frequencies) or one number per class
+    (background, contour, body; typed: background, then each type's contour and body).
 
     The folder is the harness's (config.json with what rebuilding the network needs and the
     post-processing thresholds tuned on the validation images, weights_best.h5,
@@ -192,13 +233,16 @@ def train_unet(pairs: Mapping, out_dir: str | Path, settings: UNetTraining, *, s
     if len(ndims) > 1:
         raise InputError(out_dir, "training images mix 2D and 3D frames; train one model per dimensionality")
     ndim = ndims.pop()
-    parent_model = _parent(parent, ndim) if parent else None
-    arch = parent_model.architecture if parent_model else architecture_for(ndim, settings.architecture)
+    if freeze_encoder and not parent:
+        raise InputError("freeze_encoder", "freezes the down path of a parent model: name the model to fine-tune")
+    parent_model, parent_notes = check_parent(parent, ndim, settings) if parent else (None, [])
+    names = class_names_for(settings.types)
+    arch = parent_model.architecture if parent_model else architecture_for(ndim, settings.architecture, len(names))
     div = divisor(arch)
     patch_shape = tuple(round_up(p, d) for p, d in zip(per_axis(settings.patch_size, ndim), div))
     augment_settings = dict(AUGMENT) if settings.augment else None
     post = {**DEFAULT_POSTPROCESSING, **(postprocessing or {})}
-    classes = {k: labels_to_classes(y, k) for k, (_, y) in checked.items()}
+    classes = {k: labels_to_classes(y, k, t) for k, (y, t) in _typed_labels(checked, types, settings).items()}
 
     import keras
 
@@ -213,23 +257,27 @@ def train_unet(pairs: Mapping, out_dir: str | Path, settings: UNetTraining, *, s
     with TrainingRun(out_dir, kind="unet", ndim=ndim, seed=seed, schedule=schedule, parent=parent) as run:
         folder = run.folder
         train_keys, val_keys, notes = train_validation_keys(split, checked, out_dir)
+        notes += parent_notes
         write_json(folder / "split.json", {"train": train_keys, "validation": val_keys})
-        counts = np.bincount(np.concatenate([classes[k].ravel() for k in train_keys]), minlength=3)[:3]
+        counts = np.bincount(np.concatenate([classes[k].ravel() for k in train_keys]),
+                             minlength=len(names))[:len(names)]
         frequencies = (counts / counts.sum()).tolist()
         if isinstance(class_weights, str):
             if class_weights != "auto":
-                raise InputError("unet.class_weights", f"{class_weights!r}: use 'auto' or three numbers")
+                raise InputError("unet.class_weights", f"{class_weights!r}: use 'auto' or one number per class")
             weights = class_weights_from_frequencies(frequencies)
         else:
             weights = [float(w) for w in class_weights]
-            if len(weights) != 3 or min(weights) <= 0:
-                raise InputError("unet.class_weights", f"{class_weights}: need three positive numbers (background, contour, body)")
+            if len(weights) != len(names) or min(weights) <= 0:
+                raise InputError("unet.class_weights", f"{class_weights}: need {len(names)} positive numbers "
+                                                       f"({', '.join(names)})")
         for note in notes:
             log.warning("%s", note)
 
         model = build_keras_model(arch)
         if parent_model is not None:
             model.set_weights(parent_model.keras_model.get_weights())
+        frozen = freeze_down_path(model) if freeze_encoder else []
         model.compile(optimizer=keras.optimizers.Adam(settings.learning_rate), loss=_weighted_loss(weights),
                       jit_compile=jit_compile)
         batches = patch_batches([checked[k][0] for k in train_keys], [classes[k] for k in train_keys],
@@ -245,11 +293,14 @@ def train_unet(pairs: Mapping, out_dir: str | Path, settings: UNetTraining, *, s
                                     "train_keys": train_keys, "validation_keys": val_keys},
                               extra={"patch_size": list(patch_shape), "class_frequencies": frequencies,
                                      "class_weights": weights, "augment": augment_settings,
-                                     "foreground_fraction": foreground_fraction, "notes": notes},
+                                     "foreground_fraction": foreground_fraction, "notes": notes,
+                                     **({"fine_tuning": {"freeze_encoder": bool(freeze_encoder),
+                                                         "frozen_layers": frozen}} if parent else {})},
                               title=f"U-Net ({ndim}D) training")
 
         # the best weights (finish() loaded them) on the validation images
-        config = {"format": FORMAT, "classes": list(CLASS_NAMES), "architecture": arch, "postprocessing": post,
+        typed = {"types": list(settings.types)} if len(settings.types) > 1 else {}
+        config = {"format": FORMAT, "classes": list(names), **typed, "architecture": arch, "postprocessing": post,
                   "prediction": {"divisor": list(div), "halo": list(receptive_field_radius(arch))}}
         unet = UNet(config, model, folder)
         probs = [predict_probabilities(unet, checked[k][0], where=k) for k in val_keys]
@@ -262,9 +313,9 @@ def train_unet(pairs: Mapping, out_dir: str | Path, settings: UNetTraining, *, s
         write_instance_metrics(per_sample, folder / "validation_metrics.csv")
         total = summarize(per_sample)
         cm = semantic_metrics(np.concatenate([classes[k].ravel() for k in val_keys]),
-                              np.concatenate([p.argmax(-1).ravel() for p in probs]), CLASS_NAMES)
-        write_confusion(cm["confusion_matrix"], CLASS_NAMES, folder / "confusion.csv", folder / "confusion.png",
-                        title="U-Net pixel classes (validation)")
+                              np.concatenate([p.argmax(-1).ravel() for p in probs]), names)
+        write_confusion(cm["confusion_matrix"], names, folder / "confusion.csv", folder / "confusion.png",
+                        title="U-Net pixel classes (validation)", percent_csv=folder / "confusion_percent.csv")
         at = total.set_index("threshold")
         metadata["postprocessing"] = post
         metadata["validation"] = {
