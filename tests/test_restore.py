@@ -144,6 +144,11 @@ mirrors = by_hand(lambda x: model3.model.predict(x.transpose(2, 0, 1), "ZYX").tr
 out["max_abs_diff_3d_tta"] = float(np.abs(ngff.read_image(root / "pred3d_tta.ome.zarr").data[...]
                                           - mirrors.transpose(2, 0, 1)).max())
 
+# Fine-tuning: the 2D model trained further on one image, at a learning rate too small to
+# move its kernels (batch norm statistics still move), into a folder that names its parent.
+out["finetune"] = train_n2v([a], root / "n2v_child", tiny.replace(epochs=1, steps_per_epoch=1, learning_rate=1e-12),
+                            seed=3, parent=root / "n2v2d")
+
 # A pretrained model from a local folder (a copy) gives the same restoration.
 shutil.copytree(root / "n2v2d", root / "copied_model")
 predict(root / "copied_model", a, root / "pred_copy.ome.zarr", storage=ingest)
@@ -687,6 +692,17 @@ def test_n2v_training_writes_model_folder_csv_and_png(n2v, n2v_root):
     assert meta["seed"] == 3 and meta["settings"]["unet_n_first"] == 8 and meta["versions"]["keras"].startswith("2.")
     assert meta["training"]["epochs_run"] == 2 and "weights_now.h5" not in names
     assert check_model(model, "n2v")["ndim"] == 2  # the main environment can validate N2V folders
+
+
+@pytest.mark.slow
+def test_n2v_fine_tuning_starts_from_the_parent(n2v, n2v_root):
+    assert n2v["finetune"]["parent"] == str(n2v_root / "n2v2d")
+    assert json.loads((n2v_root / "n2v_child" / "snakescope.json").read_text())["parent"] == str(n2v_root / "n2v2d")
+    kernels = [[w for w in weights(folder / name) if w.ndim == 4]
+               for folder, name in ((n2v_root / "n2v_child", "weights_last.h5"), (n2v_root / "n2v2d", "weights_best.h5"))]
+    assert kernels[0]
+    for mine, theirs in zip(*kernels, strict=True):
+        np.testing.assert_allclose(mine, theirs, rtol=0, atol=1e-6)
 
 
 @pytest.mark.slow
