@@ -5,7 +5,7 @@ rule gather_metrics:
     output:
         report(
             "results/metrics/{kind}.csv",
-            caption="../report/{kind}_metrics.rst",
+            caption="../report/metrics.rst",
             category="Metrics",
         ),
     log:
