@@ -43,8 +43,15 @@ HEADER = "sample_id\timage\taxes\tvoxel_size\ttime_interval\tchannel\tlabels\ttr
 TRAIN_SECONDS = 180
 
 
+def informative(tile: np.ndarray) -> bool:
+    """Not blank background: the workflow refuses a (nearly) constant image, rightly."""
+    nonzero = tile[tile > 0]
+    return nonzero.size > tile.size // 20 and np.percentile(nonzero, 99.8) > np.percentile(nonzero, 1)
+
+
 def tiles() -> list[np.ndarray]:
-    """N_IMAGES 128 x 128 uint8 tiles: DSB2018 images cut on a grid (stride 96), in order."""
+    """N_IMAGES 128 x 128 uint8 tiles: DSB2018 images cut on a grid (stride 96), in order,
+    leaving out blank ones."""
     out = []
     if DATA.exists():
         index = json.loads((DATA / "index.json").read_text())
@@ -53,7 +60,9 @@ def tiles() -> list[np.ndarray]:
                 image = tifffile.imread(DATA / "images" / f"{entry['id']}.tif")
                 for y in range(0, image.shape[0] - TILE + 1, 96):
                     for x in range(0, image.shape[1] - TILE + 1, 96):
-                        out.append(image[y:y + TILE, x:x + TILE])
+                        tile = image[y:y + TILE, x:x + TILE]
+                        if informative(tile):
+                            out.append(tile)
             break
     from snakescope.synthetic import make_timelapse
 

@@ -413,7 +413,8 @@ def test_job_killed_for_memory_is_retried_with_more_and_completes(demo, tmp_path
     (wd / "config").mkdir()
     shutil.copy(demo.slurm / "config" / "samples.tsv", wd / "config" / "samples.tsv")
     write_config(wd, {"resources": {"mem_mb": 384, "retries": 1},
-                      "segmentation": {"model_2d": f"pretrained/{model.name}"}, "classification": {"enabled": False}})
+                      "segmentation": {"model_2d": f"pretrained/{model.name}", "fine_tune": {"enabled": False}},
+                      "classification": {"enabled": False}})
 
     proc = run_snakemake(wd, *cluster_args(), "results/jobs/segment-b0000.done.json", timeout=900)
     output = proc.stdout + proc.stderr
