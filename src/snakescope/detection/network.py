@@ -25,7 +25,7 @@ import numpy as np
 
 from snakescope.errors import InputError
 from snakescope.segmentation.unet.network import receptive_field_radius
-from snakescope.training.harness import CONFIG, WEIGHTS_BEST, WEIGHTS_LAST, load_weights
+from snakescope.training.harness import CONFIG, load_network
 
 __all__ = ["ARCHITECTURE_KEYS", "BOX_CHANNELS", "DEFAULT_SCORE_THRESH", "FORMAT", "HEATMAP_PRIOR", "Detector",
            "architecture_for", "as_detector", "build_keras_model", "divisor", "halo", "load_detector", "make_config"]
@@ -153,18 +153,7 @@ def load_detector(model_dir: str | Path, weights: str = "best") -> Detector:
     if config.get("format") != FORMAT:
         raise InputError(model_dir, f"not a snakescope detector (config.json format {config.get('format')!r}, "
                                     f"expected {FORMAT!r})")
-    names = {"best": WEIGHTS_BEST, "last": WEIGHTS_LAST}
-    if weights not in names:
-        raise InputError(model_dir, f"weights must be 'best' or 'last', not {weights!r}")
-    weight_file = model_dir / names[weights]
-    if not weight_file.exists():
-        raise InputError(weight_file, "weights file missing")
-    model = build_keras_model(config["architecture"])
-    try:
-        load_weights(model, weight_file)
-    except Exception as exc:  # noqa: BLE001 - report which file does not fit
-        raise InputError(weight_file, f"weights do not fit the architecture in config.json "
-                                      f"({type(exc).__name__}: {exc})") from None
+    model = load_network(model_dir, config, build_keras_model, weights)
     return Detector(config, model, model_dir)
 
 

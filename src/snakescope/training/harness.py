@@ -104,6 +104,26 @@ def load_weights(keras_model, path: str | Path) -> None:
     keras_model.load_weights(str(path))
 
 
+def load_network(model_dir: str | Path, config: dict, build, weights: str = "best"):
+    """The network of a model folder: ``build(config["architecture"])`` with the folder's
+    ``best`` (or ``last``) weights; InputError naming the folder or file that does not fit."""
+    from snakescope.errors import InputError
+
+    names = {"best": WEIGHTS_BEST, "last": WEIGHTS_LAST}
+    if weights not in names:
+        raise InputError(model_dir, f"weights must be 'best' or 'last', not {weights!r}")
+    weight_file = Path(model_dir) / names[weights]
+    if not weight_file.exists():
+        raise InputError(weight_file, "weights file missing")
+    model = build(config["architecture"])
+    try:
+        load_weights(model, weight_file)
+    except Exception as exc:  # noqa: BLE001 - report which file does not fit
+        raise InputError(weight_file, f"weights do not fit the architecture in config.json "
+                                      f"({type(exc).__name__}: {exc})") from None
+    return model
+
+
 def freeze_encoder(keras_model) -> list[str]:
     """Freeze the down path of a csbdeep U-Net (StarDist's, the three-class U-Net's) for
     fine-tuning: every layer with weights before the first ``middle`` layer (StarDist's

@@ -18,7 +18,7 @@ import numpy as np
 
 from snakescope.errors import InputError
 from snakescope.segmentation.unet.targets import CLASS_NAMES
-from snakescope.training.harness import CONFIG, WEIGHTS_BEST, WEIGHTS_LAST, load_weights
+from snakescope.training.harness import CONFIG, load_network
 
 __all__ = ["ARCHITECTURE_KEYS", "DEFAULT_POSTPROCESSING", "FORMAT", "UNet", "architecture_for",
            "build_keras_model", "divisor", "load_unet", "receptive_field_radius"]
@@ -170,17 +170,7 @@ def load_unet(model_dir: str | Path, weights: str = "best") -> UNet:
                    if str(found).startswith("snakescope-unet/") else
                    f"not a snakescope U-Net model folder (config.json format {found!r}, expected {FORMAT!r})")
         raise InputError(model_dir, problem)
-    names = {"best": WEIGHTS_BEST, "last": WEIGHTS_LAST}
-    if weights not in names:
-        raise InputError(model_dir, f"weights must be 'best' or 'last', not {weights!r}")
-    weight_file = model_dir / names[weights]
-    if not weight_file.exists():
-        raise InputError(weight_file, "weights file missing")
-    model = build_keras_model(config["architecture"])
-    try:
-        load_weights(model, weight_file)
-    except Exception as exc:  # noqa: BLE001 - report which file does not fit
-        raise InputError(weight_file, f"weights do not fit the architecture in config.json ({type(exc).__name__}: {exc})") from None
+    model = load_network(model_dir, config, build_keras_model, weights)
     return UNet(config, model, model_dir)
 
 
