@@ -17,24 +17,24 @@ StarDist settings (:func:`apply_combination`), each candidate trained by
 (:func:`record_validation_f1`), and :func:`select_model` choosing by the schema's default
 ``sweep.metric`` (val_loss), writing the table, the overlaid curves and the chosen copy.
 
-Budget: each candidate trains for ``CANDIDATE_SECONDS`` of wall clock (the harness's
-``time_limit``, counted from the start of the run: building the network and the first,
-compiling step count); the default configuration (learning rate 3e-4, depth 3: one of the four
-combinations) trains once for 4 x that, the sweep's total. Everything else is the schema's
-default (32 rays, grid 2, patches 256 x 256, batch 4, augmentation, TensorFlow's
-deterministic kernels as in the workflow) except ``steps_per_epoch`` (10, so that even a
-candidate has several epochs of curves), ``epochs`` (bounded by the time limit) and
-``patience`` (0: the budget, not early stopping, ends every run). Everything trains one
-after the other; the load average is recorded around each training. Threshold tuning, the
-validation F1 and the held-out scoring come on top of the budget (about 25 minutes in all on
-2 shared CPU cores).
+Budget: training steps, not wall clock, so that a busy machine changes the time, never the
+comparison: each candidate trains ``CANDIDATE_STEPS`` steps; the default configuration
+(learning rate 3e-4, depth 3: one of the four combinations) trains once for 4 x that, the
+sweep's total. Everything else is the schema's default (32 rays, grid 2, batch 4,
+augmentation, TensorFlow's deterministic kernels as in the workflow) except the patch size
+(128 x 128: a quarter of the default's pixels per step, so that a CPU gets a candidate far
+enough to be told apart from the others), ``steps_per_epoch`` (10, so that even a candidate
+has several epochs of curves), ``epochs`` (the budget) and ``patience`` (0: the budget, not
+early stopping, ends every run). Everything trains one after the other; the load average is
+recorded around each training. Threshold tuning, the validation F1 and the held-out scoring
+come on top (about 20 minutes in all on 2 CPU cores).
 
 Keys: ``f1_best`` (held-out F1 at IoU 0.5 of the chosen candidate, the chosen model's own
 thresholds), ``f1_default`` (of the default configuration), ``chosen``, and ``details`` (per
 candidate: steps, epochs, seconds, validation loss, validation F1, fit flag, and the held-out
 F1 of the chosen one and of the one val_f1 would have chosen; the default's steps, epochs and
-seconds; load averages; the recipe). ``SNAKESCOPE_SWEEP_SECONDS``: another per-candidate
-budget (default 120). ``SNAKESCOPE_BENCH_QUICK=1``: a
+seconds; load averages; the recipe). ``SNAKESCOPE_SWEEP_STEPS``: another per-candidate
+budget (default 250 steps, a multiple of 10). ``SNAKESCOPE_BENCH_QUICK=1``: a
 plumbing run of a few minutes (64 x 64 crops, 6 train, 2 validation, 2 test images, a
 tiny network, 2 x 2 steps per training: the figures mean nothing).
 """
@@ -54,10 +54,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "bench"))
 QUICK = os.environ.get("SNAKESCOPE_BENCH_QUICK") == "1"
-CANDIDATE_SECONDS = float(os.environ.get("SNAKESCOPE_SWEEP_SECONDS", 120))
+CANDIDATE_STEPS = int(os.environ.get("SNAKESCOPE_SWEEP_STEPS", 250))
 GRID = {"learning_rate": [3e-4, 1e-3], "unet_n_depth": [2, 3]}
 SEED = 2018
 STEPS_PER_EPOCH = 10
+PATCH_SIZE = [128, 128]
 
 
 def held_out_f1(model_dir: Path, pairs: dict, test: list[str]) -> float:
@@ -97,7 +98,9 @@ def main() -> None:
     started = time.perf_counter()
     pairs, split, test = load()
     config = defaults()
-    base = config.segmentation.stardist.replace(epochs=10_000, steps_per_epoch=STEPS_PER_EPOCH, patience=0)
+    base = config.segmentation.stardist.replace(epochs=CANDIDATE_STEPS // STEPS_PER_EPOCH,
+                                                steps_per_epoch=STEPS_PER_EPOCH, patience=0, patch_size=PATCH_SIZE,
+                                                time_limit=None)
     if QUICK:
         split, test = {"train": split["train"][:6], "validation": split["validation"][:2]}, test[:2]
         base = base.replace(epochs=2, steps_per_epoch=2, n_rays=8, patch_size=[64, 64], batch_size=2)
@@ -108,8 +111,7 @@ def main() -> None:
         candidates, figures = [], {}
         for combination in combinations(GRID):
             name = combination_name(combination)
-            settings = StarDistTraining.from_dict(apply_combination(
-                dataclasses.asdict(base.replace(time_limit=CANDIDATE_SECONDS)), combination))
+            settings = StarDistTraining.from_dict(apply_combination(dataclasses.asdict(base), combination))
             folder = work / "sweeps" / name
             figures[name] = train(training_pairs, split, folder, settings)
             figures[name]["val_f1"] = round(record_validation_f1("stardist", folder, training_pairs), 4)
@@ -131,7 +133,7 @@ def main() -> None:
         if "test_f1" not in figures[by_f1]:
             figures[by_f1]["test_f1"] = held_out_f1(work / "sweeps" / by_f1, pairs, test)
 
-        default_settings = base.replace(time_limit=CANDIDATE_SECONDS * len(candidates))
+        default_settings = base.replace(epochs=base.epochs * len(candidates))
         default = train(training_pairs, split, work / "default", default_settings)
         default["test_f1"] = f1_default = held_out_f1(work / "default", pairs, test)
         print(table.to_string(), flush=True)
@@ -144,8 +146,9 @@ def main() -> None:
                 "candidates": figures,
                 "default": {"settings": {k: getattr(default_settings, k) for k in GRID}, **default},
                 "chosen_by_val_f1": by_f1, "test_f1_chosen_by_val_f1": figures[by_f1]["test_f1"],
-                "candidate_seconds": CANDIDATE_SECONDS, "default_seconds": CANDIDATE_SECONDS * len(candidates),
-                "recipe": {k: v for k, v in dataclasses.asdict(base).items() if k not in GRID and k != "time_limit"},
+                "candidate_steps": base.epochs * base.steps_per_epoch,
+                "default_steps": default_settings.epochs * base.steps_per_epoch,
+                "recipe": {k: v for k, v in dataclasses.asdict(base).items() if k not in (*GRID, "epochs")},
                 "seed": SEED, "n_train": len(split["train"]), "n_validation": len(split["validation"]),
                 "n_test": len(test), "wall_seconds": round(time.perf_counter() - started, 1),
                 "load_1min_end": round(os.getloadavg()[0], 2), "cpus": os.cpu_count(), "quick": QUICK,

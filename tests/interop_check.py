@@ -113,10 +113,26 @@ def check_napari_tracks(path: str) -> dict:
             "extent": [list(map(float, row)) for row in np.asarray(layer.extent.data)]}
 
 
+def check_napari_shapes(path: str) -> dict:
+    """napari's own CSV reader and its Shapes layer on a boxes file: the rectangles' corners."""
+    import numpy as np
+
+    try:
+        from napari.layers import Shapes
+        from napari_builtins.io._read import csv_to_layer_data
+
+        data, meta, kind = csv_to_layer_data(path, require_type="shapes")
+        layer = Shapes(data, shape_type=meta["shape_type"], name="boxes")
+    except Exception as exc:  # noqa: BLE001
+        return {"error": f"{type(exc).__name__}: {exc}"[:800]}
+    return {"layer_type": kind, "n_shapes": int(layer.nshapes), "shape_types": sorted(set(layer.shape_type)),
+            "corners": [[np.min(d, axis=0).tolist(), np.max(d, axis=0).tolist()] for d in layer.data]}
+
+
 if __name__ == "__main__":
     warnings.simplefilter("ignore")
     modes = {"--ngff": check, "--bioimageio": check_bioimageio, "--geff": check_geff,
-             "--napari-tracks": check_napari_tracks}
+             "--napari-tracks": check_napari_tracks, "--napari-shapes": check_napari_shapes}
     checker, out = check, {}
     for arg in sys.argv[1:]:
         if arg in modes:

@@ -194,16 +194,20 @@ def outcome(case: Case, folder: Path) -> str:
 
 
 def _segment_by_threshold(plan: Plan) -> None:
-    """Ground-truth cases: labels from a threshold stand in for a network's, so the finish
-    stage evaluates against the user's labels without training one."""
+    """Ground-truth cases: labels from a threshold (and their measurements) stand in for a
+    network's, so the finish stage evaluates against the user's labels without training one."""
     from snakescope.io.labels import write_label_image
 
     def threshold(frame, out):
         out[...] = (np.asarray(frame[...]) > 500).astype(np.uint32)
         return 1
 
+    from snakescope.segmentation.measure import measure_objects
+
     for sid in plan.samples:
         write_label_image(f"results/{sid}/image.ome.zarr", f"results/{sid}/image.ome.zarr/labels", threshold)
+        measure_objects(f"results/{sid}/image.ome.zarr/labels", f"results/{sid}/image.ome.zarr").to_parquet(
+            f"results/{sid}/objects.parquet")
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])

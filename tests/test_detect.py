@@ -14,7 +14,8 @@ from snakescope.detection import (box_iou, detect, detection_counts, load_detect
 from snakescope.detection.targets import augment_patch, render_targets
 from snakescope.errors import InputError
 from snakescope.io import ngff
-from snakescope.io.boxes import (Boxes, boxes_from_labels, export_label_boxes, read_boxes_csv, read_napari_shapes,
+from snakescope.io.boxes import (Boxes, boxes_from_labels, export_label_boxes, object_classes, read_boxes_file,
+                                 read_boxes_csv, read_napari_shapes,
                                  read_yolo, write_boxes_csv, write_napari_shapes, write_yolo)
 from snakescope.settings import defaults
 
@@ -165,8 +166,65 @@ def test_export_label_boxes_of_a_segmented_time_lapse(tmp_path):
     assert counts == {"0": 1, "1": 2}
     boxes = read_napari_shapes(tmp_path / "boxes.csv")
     assert_same_boxes(boxes, boxes_from_labels(truth))
-    assert sorted(p.name for p in (tmp_path / "yolo").iterdir()) == ["t0000.txt", "t0001.txt"]
+    assert sorted(p.name for p in (tmp_path / "yolo").iterdir()) == ["classes.txt", "t0000.txt", "t0001.txt"]
+    assert (tmp_path / "yolo" / "classes.txt").read_text() == "object\n"
     assert_same_boxes(read_yolo(tmp_path / "yolo" / "t0001.txt", (20, 30), frame=1), boxes.frame(1))
+
+    # with the classifier's classes in the measurements: each box gets its object's class and probability
+    objects = pd.DataFrame({"t": [0, 1, 1], "label": [1, 4, 2], "class_name": ["mitosis", "interphase", "mitosis"],
+                            "p_interphase": [0.2, 0.7, 0.4], "p_mitosis": [0.8, 0.3, 0.6]})
+    export_label_boxes(tmp_path / "image.ome.zarr" / "labels", tmp_path / "classed.csv", tmp_path / "classed",
+                       objects=objects)
+    assert (tmp_path / "classed" / "classes.txt").read_text().split() == ["interphase", "mitosis"]
+    classed = read_napari_shapes(tmp_path / "classed.csv", class_names=["interphase", "mitosis"])
+    assert classed.classes.tolist() == [1, 1, 0] and np.allclose(classed.scores, [0.8, 0.6, 0.7])  # frame, label
+    yolo = read_yolo(tmp_path / "classed" / "t0001.txt", (20, 30), frame=1)
+    assert yolo.classes.tolist() == [1, 0]
+
+
+def test_object_classes_of_a_typed_unet():
+    objects = pd.DataFrame({"t": [0, 0], "label": [1, 2], "type": ["b", None], "type_fraction": [0.9, np.nan]})
+    names, found = object_classes(objects, ["a", "b"])
+    assert names == ["a", "b", "untyped"] and found[(0, 1)] == (1, 0.9) and found[(0, 2)][0] == 2
+    assert object_classes(objects.drop(columns=["type", "type_fraction"])) == (None, {})
+
+
+def test_sample_boxes_files_in_three_formats_and_their_errors(tmp_path):
+    truth = Boxes.make([[2, 3, 10, 12], [0, 0, 4, 4]], classes=[1, 0])
+    write_yolo(tmp_path / "a.txt", truth, (20, 30))
+    write_napari_shapes(tmp_path / "a.csv", truth, class_names=["x", "y"])
+    write_boxes_csv(tmp_path / "plain.csv", truth, class_names=["x", "y"])
+    for name in ("a.txt", "a.csv", "plain.csv"):
+        assert_same_boxes(read_boxes_file(tmp_path / name, (20, 30), class_names=["x", "y"]), truth)
+    with pytest.raises(InputError, match="beyond the 1 class name"):
+        read_boxes_file(tmp_path / "a.txt", (20, 30), class_names=["x"])
+    with pytest.raises(InputError, match="lie off the image of 1 frame"):
+        read_boxes_file(tmp_path / "plain.csv", (8, 30), class_names=["x", "y"])
+    write_boxes_csv(tmp_path / "late.csv", Boxes.make([[1, 1, 3, 3]], frames=[5]), time_lapse=True)
+    with pytest.raises(InputError, match=r"late.csv.*frame 5"):
+        read_boxes_file(tmp_path / "late.csv", (20, 30), n_frames=3)
+    (tmp_path / "a.json").write_text("{}")
+    with pytest.raises(InputError, match="unknown boxes format"):
+        read_boxes_file(tmp_path / "a.json", (20, 30))
+
+
+def test_box_scores_count_and_pool(tmp_path):
+    from snakescope.evaluation.boxes import box_scores, pool_detection_scores
+
+    truth = Boxes.make([[0, 0, 10, 10], [20, 20, 30, 30]])
+    found = Boxes.make([[0, 0, 10, 9], [50, 50, 60, 60]], scores=[0.9, 0.8])
+    scores = box_scores([truth], [found], ["object"])
+    assert (scores["tp"], scores["fp"], scores["fn"], scores["n_true"], scores["n_predicted"]) == (1, 1, 1, 2, 2)
+    assert scores["precision"] == scores["recall"] == 0.5 and scores["map50"] == pytest.approx(0.5, abs=0.01)
+    rows = []
+    for k, (t, p) in enumerate(((truth, found), (truth, truth))):
+        write_boxes_csv(tmp_path / f"t{k}.csv", t, time_lapse=True)
+        write_boxes_csv(tmp_path / f"p{k}.csv", p, time_lapse=True)
+        rows.append(pd.DataFrame([{"sample": f"s{k}", **box_scores([t], [p], ["object"]), "time_lapse": False,
+                                   "truth_boxes": str(tmp_path / f"t{k}.csv"),
+                                   "predicted_boxes": str(tmp_path / f"p{k}.csv")}]))
+    pooled = pool_detection_scores(rows, ["object"]).set_index("sample")
+    assert pooled.loc["ALL", "tp"] == 3 and pooled.loc["ALL", "fn"] == 1 and pooled.loc["ALL", "recall"] == 0.75
 
 
 def test_augmentation_moves_boxes_with_the_pixels():

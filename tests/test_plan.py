@@ -66,7 +66,8 @@ def test_stages_plan_only_samples_they_process(tmp_path):
 def test_segmented_2d_samples_export_their_boxes(tmp_path):
     plan = project(tmp_path, ["a"])
     steps = {s["step"]: s for s in plan.job("finish-b0000").task["samples"][0]["steps"]}
-    assert steps["export_boxes"]["inputs"] == {"labels": "results/a/image.ome.zarr/labels"}
+    assert steps["export_boxes"]["inputs"] == {"labels": "results/a/image.ome.zarr/labels",
+                                               "objects": "results/a/objects.parquet"}
     assert steps["export_boxes"]["outputs"] == {"napari": "results/a/boxes.csv",
                                                 "yolo": "results/a/boxes_yolo"}
     plan = project(tmp_path, ["a"], detection={"export_boxes": False})
@@ -138,3 +139,41 @@ def test_a_given_model_is_fine_tuned_on_labels_or_used_as_it_is(tmp_path):
     plan = project(tmp_path, ["a", "b"], segmentation={"model_2d": str(model), "fine_tune": {"enabled": False}})
     assert not [j for j in plan.jobs if j.startswith("train_segmentation")]
     assert plan.segmentation_model(2) == str(model)
+
+
+def test_the_box_detector_is_planned_from_the_boxes_column(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    for sid in ("a", "b"):
+        tifffile.imwrite(data / f"{sid}.tif", np.random.default_rng(0).integers(0, 200, (32, 32), dtype=np.uint8))
+    (data / "a.txt").write_text("0 0.5 0.5 0.2 0.2\n")
+    sheet = tmp_path / "samples.tsv"
+    sheet.write_text(f"sample_id\timage\taxes\tboxes\na\t{data / 'a.tif'}\tYX\t{data / 'a.txt'}\n"
+                     f"b\t{data / 'b.tif'}\tYX\t\n")
+
+    def plan_for(**detection) -> Plan:
+        validated, samples, _ = load({"samples": str(sheet), "segmentation": {"method": "none"},
+                                      "detection": {"enabled": True, **detection}})
+        return Plan(Config.from_dict(validated), samples)
+
+    plan = plan_for()
+    train = plan.job("train_detector-detector_2d")
+    assert [s["sample"] for s in train.task["sources"]] == ["a"] and str(data / "a.txt") in train.inputs
+    assert not [j for j in plan.jobs if j.startswith("export-")]  # bioimage.io has no box detector format
+    segment = plan.job("segment-b0000")
+    assert [[s["step"] for s in w["steps"]] for w in segment.task["samples"]] == [["detect"], ["detect"]]
+    assert "results/models/detector_2d" in segment.inputs
+    finish = {w["sample"]: [s["step"] for s in w["steps"]] for w in plan.job("finish-b0000").task["samples"]}
+    assert finish == {"a": ["evaluate_detection", "provenance"], "b": ["provenance"]}
+    assert plan.gathered_outputs() == ["results/metrics/detection.csv"]
+    # a prediction key changes the detection jobs, never the training
+    other = plan_for(score_thresh=0.7)
+    assert other.job("train_detector-detector_2d").digest == train.digest
+    assert other.job("segment-b0000").digest != segment.digest
+    assert plan_for(epochs=3).job("train_detector-detector_2d").digest != train.digest
+    # a given detector is used as it is
+    given = tmp_path / "detector"
+    given.mkdir()
+    (given / "config.json").write_text("{}")
+    plan = plan_for(model_2d=str(given))
+    assert not [j for j in plan.jobs if j.startswith("train_")] and str(given) in plan.job("segment-b0000").inputs

@@ -29,7 +29,7 @@ from snakescope.io.tiff import expand_image_path
 
 SCHEMA_DIR = Path(__file__).resolve().parents[2] / "workflow" / "schemas"
 SHEET_COLUMNS = ("sample_id", "image", "axes", "voxel_size", "time_interval", "channel", "scene",
-                 "labels", "types", "tracks", "points", "target", "class_truth")
+                 "labels", "types", "boxes", "tracks", "points", "target", "class_truth")
 
 
 class ConfigError(ValueError):
@@ -55,6 +55,7 @@ class Sample:
     class_truth: str | None = None
     scene: str | None = None
     types: str | None = None
+    boxes: str | None = None
 
     def spatial_ndim(self) -> int:
         """2 or 3, from the axes (or, where the sheet leaves them out, the file's metadata)."""
@@ -71,7 +72,7 @@ class Sample:
     def input_files(self) -> list[str]:
         """Every file this sample reads (for provenance checksums and rerun triggers)."""
         files = [str(p) for p in expand_image_path(self.image)]
-        for extra in (self.labels, self.types, self.points, self.target, self.class_truth):
+        for extra in (self.labels, self.types, self.boxes, self.points, self.target, self.class_truth):
             if extra:
                 files += [str(p) for p in expand_image_path(extra)]
         if self.tracks:
@@ -274,7 +275,7 @@ def _sheet_error(error, schema: dict) -> str:
 #: Config keys naming a folder the user provides (pretrained models, ready patches).
 FOLDER_KEYS = ("restoration.model_2d", "restoration.model_3d", "segmentation.model_2d", "segmentation.model_3d",
                "classification.model_2d", "classification.model_3d", "classification.patch_folder_2d",
-               "classification.patch_folder_3d")
+               "classification.patch_folder_3d", "detection.model_2d")
 
 
 def _folder_problems(config: dict, where: str) -> list[str]:
@@ -311,7 +312,7 @@ def to_sample(row: dict) -> Sample:
         sample_id=row["sample_id"], image=row["image"], axes=axes, voxel_size=voxel,
         channel=int(row.get("channel", 0)), labels=row.get("labels"), tracks=row.get("tracks"),
         points=row.get("points"), target=row.get("target"), class_truth=row.get("class_truth"),
-        scene=row.get("scene"), types=row.get("types"),
+        scene=row.get("scene"), types=row.get("types"), boxes=row.get("boxes"),
     )
 
 
@@ -580,6 +581,9 @@ class Detection(Section):
     """Boxes of segmented objects, and the box detector (snakescope.detection)."""
 
     export_boxes: bool
+    enabled: bool
+    model_2d: str | None
+    class_names: list
     architecture: dict
     patch_size: list
     epochs: int

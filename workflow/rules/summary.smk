@@ -11,7 +11,7 @@ rule gather_metrics:
     log:
         "logs/jobs/gather_metrics-{kind}.log",
     wildcard_constraints:
-        kind="restoration|segmentation|classification|tracking",
+        kind="restoration|segmentation|classification|tracking|detection",
     conda:
         env_file("imaging")
     params:

@@ -108,6 +108,41 @@ rule train_classifier:
         RUN
 
 
+# The box detector (detection.enabled), from the 2D samples with a boxes column.
+rule train_detector:
+    input:
+        data=job_files("train_detector"),
+        after=job_waits_for("train_detector"),
+    output:
+        model=directory("results/models/{model}"),
+        curve=report(
+            "results/models/{model}_training.png",
+            caption="../report/training_curve.rst",
+            category="Training",
+            subcategory="{model}",
+        ),
+    log:
+        "logs/jobs/train_detector-{model}.log",
+    benchmark:
+        "benchmarks/train_detector-{model}.tsv"
+    wildcard_constraints:
+        model=r"detector_2d",
+    retries: config["resources"]["retries"]
+    conda:
+        env_file("tensorflow")
+    threads: config["resources"]["threads"]
+    resources:
+        mem_mb=scaled("mem_mb", 4),
+        runtime=scaled("runtime", 8),
+        gpu=1,
+    params:
+        task=job_task("train_detector"),
+        digest=job_digest("train_detector"),
+        snakescope=snakescope_for("tensorflow"),
+    shell:
+        RUN
+
+
 # Every model trained here as a bioimage.io package; its own job, so that changing
 # `publication` re-exports without retraining. N2V's network loads in the n2v family's env.
 rule export_model:

@@ -36,8 +36,9 @@ import pandas as pd
 from snakescope.errors import InputError
 from snakescope.io.atomic import atomic_path
 
-__all__ = ["BOX_COLUMNS", "NAPARI_COLUMNS", "Boxes", "boxes_from_labels", "export_label_boxes", "read_boxes_csv",
-           "read_napari_shapes", "read_yolo", "write_boxes_csv", "write_napari_shapes", "write_yolo", "yolo_name"]
+__all__ = ["BOX_COLUMNS", "NAPARI_COLUMNS", "Boxes", "boxes_from_labels", "export_label_boxes", "object_classes",
+           "read_boxes_csv", "read_boxes_file", "read_napari_shapes", "read_yolo", "write_boxes_csv",
+           "write_napari_shapes", "write_yolo", "yolo_name"]
 
 #: The plain CSV's columns (after ``t`` for a time-lapse).
 BOX_COLUMNS = ("class", "score", "y0", "x0", "y1", "x1")
@@ -124,11 +125,37 @@ def yolo_name(t: int) -> str:
     return f"t{int(t):04d}.txt"
 
 
-def export_label_boxes(labels_path: str | Path, napari_path: str | Path, yolo_folder: str | Path) -> dict:
+def object_classes(objects: pd.DataFrame | None, type_names: Sequence[str] = ()) -> tuple[list[str] | None, dict]:
+    """The class and score of each object of a measurements table (``objects.parquet``):
+    the classifier's ``class_name`` with its probability ``p_<class>``, else a typed U-Net's
+    ``type`` with its ``type_fraction`` (class names ``type_names``, plus ``untyped`` for
+    objects without one); else none. Returns (class names or None, {(t, label): (class
+    index, score)})."""
+    if objects is None or not len(objects):
+        return None, {}
+    frames = objects["t"] if "t" in objects else pd.Series(0, index=objects.index)
+    keys = list(zip(frames.astype(int), objects["label"].astype(int)))
+    if "class_name" in objects:
+        names = [c[2:] for c in objects.columns if c.startswith("p_")]
+        classes = [names.index(str(c)) for c in objects["class_name"]]
+        scores = [float(row[f"p_{names[c]}"]) for c, (_, row) in zip(classes, objects.iterrows())]
+        return names, dict(zip(keys, zip(classes, scores)))
+    if "type" in objects and objects["type"].notna().any():
+        names = list(type_names) + (["untyped"] if objects["type"].isna().any() else [])
+        classes = [names.index("untyped" if pd.isna(t) else str(t)) for t in objects["type"]]
+        return names, dict(zip(keys, zip(classes, objects["type_fraction"].astype(float))))
+    return None, {}
+
+
+def export_label_boxes(labels_path: str | Path, napari_path: str | Path, yolo_folder: str | Path, *,
+                       objects: pd.DataFrame | None = None, type_names: Sequence[str] = ()) -> dict:
     """The box of every object of a 2D (or 2D + t) segmentation, an NGFF labels group
     (:func:`snakescope.io.labels.read_labels_image`), frame by frame: all of them in one
     napari shapes CSV (``axis-0`` = t for a time-lapse) and one YOLO file per frame in
-    ``yolo_folder`` (:func:`yolo_name`; one class, index 0). Returns the boxes per frame."""
+    ``yolo_folder`` (:func:`yolo_name`), with ``classes.txt`` (one class name per line, in
+    index order). Class and score come from the objects' measurements
+    (:func:`object_classes`; the napari file then names the class); without a class, class
+    0 (``object``) and score 1. Returns the boxes per frame."""
     from snakescope.io.labels import read_labels_image
 
     image = read_labels_image(labels_path)
@@ -136,16 +163,54 @@ def export_label_boxes(labels_path: str | Path, napari_path: str | Path, yolo_fo
         raise InputError(labels_path, f"labels of axes {image.axes}: boxes are exported for 2D images and 2D time-lapses")
     time_lapse = image.axes == "tyx"
     n_frames = image.shape[0] if time_lapse else 1
+    names, known = object_classes(objects, type_names)
     parts = []
     for t in range(n_frames):
-        frame = boxes_from_labels(np.asarray(image.data[t] if time_lapse else image.data[...]))
-        parts.append(Boxes(frame.yxyx, frame.classes, frame.scores, np.full(len(frame), t, np.int64)))
+        frame = np.asarray(image.data[t] if time_lapse else image.data[...])
+        ids = [i for i in np.unique(frame) if i]
+        found = {int(i): known[(t, int(i))] for i in ids if (t, int(i)) in known}
+        boxes = boxes_from_labels(frame, classes={i: c for i, (c, _) in found.items()},
+                                  scores={i: p for i, (_, p) in found.items()})
+        parts.append(Boxes(boxes.yxyx, boxes.classes, boxes.scores, np.full(len(boxes), t, np.int64)))
     with atomic_path(yolo_folder) as tmp:
         tmp.mkdir(parents=True)
         for t, frame in enumerate(parts):
             write_yolo(tmp / yolo_name(t), frame, image.shape[-2:])
-    write_napari_shapes(napari_path, Boxes.concat(parts), time_lapse=time_lapse)
+        (tmp / "classes.txt").write_text("".join(f"{n}\n" for n in names or ["object"]))
+    write_napari_shapes(napari_path, Boxes.concat(parts), class_names=names, time_lapse=time_lapse)
     return {str(t): len(frame) for t, frame in enumerate(parts)}
+
+
+def read_boxes_file(path: str | Path, image_shape: Sequence[int], *, class_names: Sequence[str] | None = None,
+                    n_frames: int = 1) -> Boxes:
+    """A sample's boxes (the sheet's ``boxes`` column) in any of the three formats: ``.txt``
+    YOLO (one 2D image of ``image_shape``), ``.csv`` napari shapes (it has a ``shape-type``
+    column) or plain CSV. Every box must lie on the image (``image_shape`` (y, x), frames
+    ``0 .. n_frames - 1``) and its class within ``class_names``."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, "the boxes file does not exist")
+    if path.suffix.lower() == ".txt":
+        boxes = read_yolo(path, image_shape)
+    elif path.suffix.lower() == ".csv":
+        header = pd.read_csv(path, nrows=0).columns
+        boxes = (read_napari_shapes if "shape-type" in header else read_boxes_csv)(path, class_names=class_names)
+    else:
+        raise InputError(path, "unknown boxes format: YOLO .txt, or a napari shapes or plain boxes .csv")
+    height, width = _image_shape(image_shape, path)
+    tolerance = 1.0  # napari vertices drawn by hand may stick out by a fraction of a pixel
+    outside = ((boxes.yxyx[:, :2] < -tolerance).any(axis=1) | (boxes.yxyx[:, 2] > height + tolerance)
+               | (boxes.yxyx[:, 3] > width + tolerance) | (boxes.frames < 0) | (boxes.frames >= n_frames))
+    if outside.any():
+        i = int(np.flatnonzero(outside)[0])
+        raise InputError(path, f"{int(outside.sum())} box(es) lie off the image of {n_frames} frame(s) of "
+                               f"{height} x {width} pixels, e.g. box {i}: frame {int(boxes.frames[i])}, (y0, x0, y1, x1) "
+                               f"{tuple(round(float(v), 1) for v in boxes.yxyx[i])}")
+    if class_names is not None and len(boxes) and boxes.classes.max() >= len(class_names):
+        raise InputError(path, f"class index {int(boxes.classes.max())} is beyond the {len(class_names)} class "
+                               f"name(s) of detection.class_names {list(class_names)}")
+    clipped = np.clip(boxes.yxyx, 0, [height, width, height, width])
+    return Boxes(clipped, boxes.classes, boxes.scores, boxes.frames)
 
 
 def _frame_only(boxes: Boxes, where) -> None:

@@ -30,7 +30,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("plan")
     run.add_argument("--threads", type=int, default=1)
     gather = sub.add_parser("gather", help="gather per-sample metrics")
-    gather.add_argument("kind", choices=["restoration", "segmentation", "classification", "tracking", "pixel_classes"])
+    gather.add_argument("kind", choices=["restoration", "segmentation", "classification", "tracking", "detection",
+                                         "pixel_classes"])
     gather.add_argument("--out", nargs="+", required=True,
                         help="the table; for pixel_classes the summed confusion (CSV), the scores (CSV), the plot "
                              "and the row percentages (CSV)")

@@ -18,7 +18,7 @@ __all__ = ["evaluated_outputs", "gather_metrics"]
 
 STEP_OF = {"restoration": "evaluate_restoration", "segmentation": "evaluate_segmentation",
            "classification": "evaluate_classification", "tracking": "evaluate_tracking",
-           "pixel_classes": "evaluate_segmentation"}
+           "detection": "evaluate_detection", "pixel_classes": "evaluate_segmentation"}
 
 
 def evaluated_outputs(manifests, step: str) -> dict[str, dict]:
@@ -67,6 +67,11 @@ def gather_metrics(kind: str, manifests, out: str, *class_outputs: str) -> pd.Da
         mean["n_voxels"] = result["n_voxels"].sum()
         result = pd.concat([result, pd.DataFrame([{"sample": "ALL", "data_range_rule": "mean over samples",
                                                    **mean.to_dict()}])], ignore_index=True)
+    elif kind == "detection":
+        from snakescope.evaluation.boxes import class_names_of, pool_detection_scores
+
+        tables = [pd.read_csv(o["metrics"]) for o in outputs.values()]
+        result = pool_detection_scores(tables, class_names_of(tables[0]["predicted_boxes"].iloc[0]))
     elif kind == "classification":
         from snakescope.classification import pool_classification_metrics, read_metrics_table
 

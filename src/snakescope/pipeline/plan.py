@@ -53,12 +53,17 @@ JOBS = f"{RESULTS}/jobs"
 IMAGE_ROOT = "/opt/snakescope"
 #: A sample's segmentation: the NGFF labels group of its image (snakescope.io.labels).
 LABELS = "image.ome.zarr/labels"
+#: A sample's detector boxes (snakescope.detection.detect).
+DETECTIONS = "detections"
 
 #: Segmentation keys that change a trained model (a change retrains); the others only
 #: change prediction.
 SEGMENTATION_TRAINING_KEYS = ("method", "train_samples", "split_dir", "validation_fraction")
 SEGMENTATION_PREDICTION_KEYS = ("method", "prob_thresh", "nms_thresh", "block_size", "min_overlap", "context",
                                 "rescale")
+#: Detection keys that only change prediction; the others (but the export switch) train.
+DETECTION_PREDICTION_KEYS = ("score_thresh", "nms_iou", "block_size")
+DETECTION_NOT_TRAINING = (*DETECTION_PREDICTION_KEYS, "export_boxes", "enabled", "model_2d")
 #: Classification keys that only change prediction (none today) are left out of nothing:
 #: every classification key but ``enabled`` and the model folders trains.
 CLASSIFICATION_NOT_TRAINING = ("enabled", "model_2d", "model_3d")
@@ -175,17 +180,21 @@ class Plan:
         given, one is trained from scratch where there are annotations; else there is none.
         """
         section = getattr(self.config, kind)
-        method = "classifier" if kind == "classification" else section.method
-        if method == "none" or (kind == "classification" and not section.enabled):
+        method = {"classification": "classifier", "detection": "detector"}.get(kind) or section.method
+        if method == "none" or (kind in ("classification", "detection") and not section.enabled):
+            return None, None
+        if kind == "detection" and ndim != 2:  # the detector takes 2D frames
             return None, None
         given = getattr(section, f"model_{ndim}d")
         data = {"restoration": self.restoration_training_samples, "segmentation": self.segmentation_training_samples,
-                "classification": self.classifier_training_samples}[kind](ndim)
+                "classification": self.classifier_training_samples,
+                "detection": self.detector_training_samples}[kind](ndim)
         if kind == "classification":
             data = data or getattr(section, f"patch_folder_{ndim}d")
         trained = f"{RESULTS}/models/{method}_{ndim}d"
-        if given:
-            return (trained, given) if data and section.fine_tune.enabled else (given, None)
+        if given:  # the detector has no fine-tuning: a given one is used as it is
+            tunes = data and kind != "detection" and section.fine_tune.enabled
+            return (trained, given) if tunes else (given, None)
         return (trained, None) if data else (None, None)
 
     def restoration_model(self, ndim: int) -> str | None:
@@ -235,6 +244,16 @@ class Plan:
     def classified(self, sid: str) -> bool:
         return self.segmented(sid) and self.classifier_model(self._ndim[sid]) is not None
 
+    @functools.cache
+    def detector_training_samples(self, ndim: int) -> tuple[str, ...]:
+        return tuple(s.sample_id for s in self.of_ndim(ndim) if s.boxes) if ndim == 2 else ()
+
+    def detector_model(self, ndim: int) -> str | None:
+        return self.learner("detection", ndim)[0]
+
+    def detected(self, sid: str) -> bool:
+        return self.detector_model(self._ndim[sid]) is not None
+
     def time_lapse(self, sid: str) -> bool:
         axes = self.samples[sid].axes
         return axes is None or "T" in axes.upper()
@@ -243,8 +262,8 @@ class Plan:
         return self.config.tracking.enabled and self.time_lapse(sid) and self.segmented(sid)
 
     def stage_samples(self, stage: str) -> list[str]:
-        keep = {"prepare": lambda sid: True, "restore": self.restored, "segment": self.segmented,
-                "finish": lambda sid: True}[stage]
+        keep = {"prepare": lambda sid: True, "restore": self.restored,
+                "segment": lambda sid: self.segmented(sid) or self.detected(sid), "finish": lambda sid: True}[stage]
         return [sid for sid in self.samples if keep(sid)]
 
     def warnings(self) -> list[str]:
@@ -260,6 +279,9 @@ class Plan:
             if self.config.segmentation.method != "none" and not self.segmented(sid):
                 notes.append(f"sample {sid}: no {nd}D segmentation model (no segmentation.model_{nd}d and no sample of "
                              "that dimensionality with labels): ingested and normalized only")
+            if self.config.detection.enabled and not self.detected(sid):
+                notes.append(f"sample {sid}: not run through the box detector (" + (
+                    "it takes 2D images" if nd != 2 else "no detection.model_2d and no 2D sample with boxes") + ")")
             if self.typed_unet(nd) and self.samples[sid].labels and not self.samples[sid].types:
                 notes.append(f"sample {sid}: labels but no types (column types) for the typed U-Net: left out of its "
                              "training, and its pixel classes are not scored")
@@ -320,7 +342,10 @@ class Plan:
         prediction keys; the training keys reach it through the model folder, an input."""
         config = job.task.get("config", {})
         if job.rule in ("segment", "segment_part"):
-            return {k: config["segmentation"][k] for k in SEGMENTATION_PREDICTION_KEYS}
+            recipe = {k: config["segmentation"][k] for k in SEGMENTATION_PREDICTION_KEYS}
+            if "detection" in config:
+                recipe["detection"] = {k: config["detection"][k] for k in DETECTION_PREDICTION_KEYS}
+            return recipe
         return config
 
     def job(self, name: str) -> Job:
@@ -390,7 +415,7 @@ class Plan:
         if stage == "restore":
             return self._config_sections("ingest", "restoration")
         if stage == "segment":
-            return self._config_sections("segmentation")
+            return self._config_sections("segmentation", "detection")
         return {k: v for k, v in c.to_dict().items() if k not in NOT_RESULTS}  # provenance records it
 
     def _work(self, sid: str, steps: dict) -> dict:
@@ -422,16 +447,20 @@ class Plan:
     def _segment_work(self, sid: str) -> dict:
         s, nd = self.samples[sid], self._ndim[sid]
         parts = self.scatter_parts(sid)
-        steps = {"segment": step({"image": self.analysis_image(sid), "model": self.segmentation_model(nd),
-                                  **{f"part{k}": p for k, p in enumerate(parts)}},
-                                 {"labels": sample_path(sid, LABELS)},
-                                 {"channel": s.channel, "n_parts": len(parts)}, models=("model",)),
-                 "measure": step({"labels": sample_path(sid, LABELS),
-                                  "image": sample_path(sid, "image.ome.zarr"),
-                                  "analysis": self.analysis_image(sid),
-                                  "classifier": self.classifier_model(nd)},
-                                 {"objects": sample_path(sid, "objects.parquet")},
-                                 {"channel": s.channel}, models=("classifier",))}
+        steps = {}
+        if self.segmented(sid):
+            steps["segment"] = step({"image": self.analysis_image(sid), "model": self.segmentation_model(nd),
+                                     **{f"part{k}": p for k, p in enumerate(parts)}},
+                                    {"labels": sample_path(sid, LABELS)},
+                                    {"channel": s.channel, "n_parts": len(parts)}, models=("model",))
+            steps["measure"] = step({"labels": sample_path(sid, LABELS), "image": sample_path(sid, "image.ome.zarr"),
+                                     "analysis": self.analysis_image(sid), "classifier": self.classifier_model(nd)},
+                                    {"objects": sample_path(sid, "objects.parquet")},
+                                    {"channel": s.channel}, models=("classifier",))
+        if self.detected(sid):
+            steps["detect"] = step({"image": self.analysis_image(sid), "detector": self.detector_model(nd)},
+                                   {"detections": sample_path(sid, DETECTIONS)}, {"channel": s.channel},
+                                   models=("detector",))
         return self._work(sid, steps)
 
     def _finish_work(self, sid: str) -> dict:
@@ -453,8 +482,10 @@ class Plan:
             steps["qc_segmentation"] = step({"image": image, "labels": labels},
                                             {"figure": sample_path(sid, "qc/segmentation.png")}, {"channel": s.channel})
             if nd == 2 and self.config.detection.export_boxes:
-                steps["export_boxes"] = step({"labels": labels}, {"napari": sample_path(sid, "boxes.csv"),
-                                                                  "yolo": sample_path(sid, "boxes_yolo")})
+                types = self.config.segmentation.unet_for(2).types if self.typed_unet(2) else []
+                steps["export_boxes"] = step({"labels": labels, "objects": sample_path(sid, "objects.parquet")},
+                                             {"napari": sample_path(sid, "boxes.csv"),
+                                              "yolo": sample_path(sid, "boxes_yolo")}, {"types": types})
             if s.labels:
                 outputs = {"metrics": sample_path(sid, "segmentation_metrics.csv")}
                 if self.pixel_classes_evaluated(sid):
@@ -471,6 +502,11 @@ class Plan:
                      "classifier": self.classifier_model(nd)},
                     {"metrics": sample_path(sid, "classification_metrics.csv"),
                      "figure": sample_path(sid, "qc/confusion.png")}, raw=("truth",), models=("classifier",))
+        if self.detected(sid) and s.boxes:
+            steps["evaluate_detection"] = step(
+                {"truth": s.boxes, "image": image, "predicted": f"{sample_path(sid, DETECTIONS)}/boxes.csv"},
+                {"metrics": sample_path(sid, "detection_metrics.csv"), "truth": sample_path(sid, "boxes_truth.csv")},
+                raw=("truth",))
         if self.tracked(sid):
             steps["track"] = step({"labels": labels, "image": image},
                                   {"ctc": sample_path(sid, "tracks"), "table": sample_path(sid, "tracks.csv"),
@@ -482,7 +518,7 @@ class Plan:
                 steps["evaluate_tracking"] = step({"result": sample_path(sid, "tracks"), "truth": s.tracks},
                                                   {"metrics": sample_path(sid, "tracking_metrics.json")},
                                                   raw=("truth",))
-        files = [f for pattern in (s.image, s.labels, s.types, s.points, s.target, s.class_truth, s.tracks)
+        files = [f for pattern in (s.image, s.labels, s.types, s.boxes, s.points, s.target, s.class_truth, s.tracks)
                  for f in self.existing(pattern)]
         steps["provenance"] = step({f"file{k}": f for k, f in enumerate(files)},
                                    {"record": sample_path(sid, "provenance.json")},
@@ -558,6 +594,16 @@ class Plan:
                 jobs.append(self._train_job("train_classifier", model, nd, sources, settings, ids, parent=parent,
                                             split=f"{c.segmentation.split_dir}/classifier_{nd}d.csv",
                                             patch_folder=getattr(cl, f"patch_folder_{nd}d")))
+        model, parent = self.learner("detection", 2)
+        if model and model.startswith(RESULTS):
+            ids = self.detector_training_samples(2)
+            sources = [{"sample": sid, "image": self.analysis_image(sid), "boxes": self.samples[sid].boxes,
+                        "channel": self.samples[sid].channel} for sid in ids]
+            settings = {"detection": {k: v for k, v in dataclasses.asdict(c.detection).items()
+                                      if k not in DETECTION_NOT_TRAINING},
+                        "validation_fraction": c.segmentation.validation_fraction, "upstream": self._image_recipe(ids)}
+            jobs.append(self._train_job("train_detector", model, 2, sources, settings, ids,
+                                        split=f"{c.segmentation.split_dir}/detector_2d.json"))
         return [j for job in jobs for j in self._swept(job)]
 
     # ---- sweeps -------------------------------------------------------------------------
@@ -607,7 +653,8 @@ class Plan:
         publication details re-exports, it never retrains); its test input is a crop of the
         first training sample's raw image."""
         exports = []
-        for train in [j for j in jobs.values() if j.task["kind"] in MODEL_KINDS]:
+        # bioimage.io has no format for a box detector's output: its folder is the model
+        for train in [j for j in jobs.values() if j.task["kind"] in MODEL_KINDS and j.task["learner"] != "detector"]:
             model = train.task["outputs"]["model"]
             first = train.task["sources"][0] if train.task["sources"] else None
             task = {"kind": "export", "job": f"export-{Path(model).name}", "model": model,
@@ -652,13 +699,15 @@ class Plan:
         outputs = {"model": out, "curve": f"{out}_training.png"}
         if rule == "train_classifier":
             outputs["confusion"] = f"{out}_confusion.png"
-        fine_tune = getattr(self.config, {"train_restoration": "restoration", "train_segmentation": "segmentation",
-                                          "train_classifier": "classification"}[rule]).fine_tune
+        section = getattr(self.config, {"train_restoration": "restoration", "train_segmentation": "segmentation",
+                                        "train_classifier": "classification", "train_detector": "detection"}[rule])
+        fine_tune = getattr(section, "fine_tune", None)
         task = {"kind": "train", "job": name, "learner": model.rsplit("_", 1)[0], "ndim": nd,
                 "seed": self.config.seed, "config": settings, "sources": sources, "split": split,
                 "patch_folder": patch_folder, "upstream_manifests": after, "outputs": outputs,
                 "parent": parent, "freeze_encoder": bool(parent and getattr(fine_tune, "freeze_encoder", False))}
-        inputs = [f for src in sources for key in ("labels", "types", "points") for f in self.existing(src.get(key))]
+        inputs = [f for src in sources for key in ("labels", "types", "points", "boxes")
+                  for f in self.existing(src.get(key))]
         inputs += [f for sid in ids for f in self.existing(self.samples[sid].image)]
         inputs += [f for sid in ids for f in self.existing(self.samples[sid].target)]
         inputs += sorted(set(settings.get("upstream", {}).get("restoration_models", [])))
@@ -675,13 +724,15 @@ class Plan:
         pick = {"restoration": lambda sid: self.restored(sid) and self.samples[sid].target,
                 "segmentation": lambda sid: self.segmented(sid) and self.samples[sid].labels,
                 "classification": lambda sid: self.classified(sid) and self.samples[sid].class_truth,
-                "tracking": lambda sid: self.tracked(sid) and self.samples[sid].tracks}[kind]
+                "tracking": lambda sid: self.tracked(sid) and self.samples[sid].tracks,
+                "detection": lambda sid: self.detected(sid) and self.samples[sid].boxes}[kind]
         return [sid for sid in self.samples if pick(sid)]
 
     def gathered_outputs(self) -> list[str]:
         """The metrics gathered over samples: one table per kind evaluated somewhere, and for
         the U-Net the summed pixel-class confusion and scores."""
-        kinds = [k for k in ("restoration", "segmentation", "classification", "tracking") if self.evaluated(k)]
+        kinds = [k for k in ("restoration", "segmentation", "classification", "tracking", "detection")
+                 if self.evaluated(k)]
         outputs = [f"{RESULTS}/metrics/{k}.csv" for k in kinds]
         if "segmentation" in kinds and any(self.pixel_classes_evaluated(sid) for sid in self.evaluated("segmentation")):
             outputs += [f"{RESULTS}/metrics/{n}" for n in ("class_confusion.csv", "class_metrics.csv",

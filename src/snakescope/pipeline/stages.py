@@ -217,10 +217,34 @@ def qc_segmentation(work, spec, ctx) -> None:
 
 
 def export_boxes(work, spec, ctx) -> None:
-    """The box of every segmented object as napari shapes and YOLO files (to train detectors)."""
+    """The box of every segmented object as napari shapes and YOLO files (to train detectors),
+    with the object's class (classifier) or cell type (typed U-Net) and its probability."""
+    import pandas as pd
+
     from snakescope.io.boxes import export_label_boxes
 
-    export_label_boxes(spec["inputs"]["labels"], spec["outputs"]["napari"], spec["outputs"]["yolo"])
+    inputs = spec["inputs"]
+    export_label_boxes(inputs["labels"], spec["outputs"]["napari"], spec["outputs"]["yolo"],
+                       objects=pd.read_parquet(inputs["objects"]), type_names=spec["options"]["types"])
+
+
+def detect(work, spec, ctx) -> None:
+    """The box detector's boxes of every frame (results/<sample>/detections/)."""
+    from snakescope.detection import detect as detect_boxes, load_detector
+
+    inputs = spec["inputs"]
+    model = ctx.model(inputs["detector"], lambda: load_detector(inputs["detector"]))
+    detect_boxes(model, inputs["image"], spec["outputs"]["detections"], ctx.section("detection"), channel=work.channel)
+
+
+def evaluate_detection(work, spec, ctx) -> None:
+    """The detector's boxes against the sample's true boxes (mAP, precision, recall)."""
+    from snakescope.evaluation.boxes import class_names_of, detection_scores
+
+    inputs, out = spec["inputs"], spec["outputs"]
+    table = detection_scores(inputs["truth"], inputs["image"], inputs["predicted"], out["truth"],
+                             class_names_of(inputs["predicted"]), work.sample)
+    _write_table(table, out["metrics"])
 
 
 def evaluate_segmentation(work, spec, ctx) -> None:
@@ -327,6 +351,7 @@ def _write_table(table, path: str, index: bool = False) -> None:
 
 
 PREDICTION = "segmentation:method,prob_thresh,nms_thresh,block_size,min_overlap,context,rescale"
+DETECTION = "detection:score_thresh,nms_iou,block_size"
 
 STEPS = {step.name: step for step in (
     Step("ingest", ingest, ("ingest", "normalize")),
@@ -337,7 +362,9 @@ STEPS = {step.name: step for step in (
     Step("qc_restoration", qc_restoration),
     Step("evaluate_restoration", evaluate_restoration),
     Step("qc_segmentation", qc_segmentation),
+    Step("detect", detect, (DETECTION,)),
     Step("export_boxes", export_boxes),
+    Step("evaluate_detection", evaluate_detection),
     Step("evaluate_segmentation", evaluate_segmentation),
     Step("evaluate_classification", evaluate_classification),
     Step("track", track, ("tracking",)),

@@ -56,7 +56,7 @@ def usable_sources(task: dict, load) -> tuple[list, list[str]]:
 def train_model(task: dict, ctx) -> None:
     learner = task["learner"]
     trainer = {"stardist": _train_segmentation, "unet": _train_segmentation, "n2v": _train_restoration,
-               "care": _train_restoration, "classifier": _train_classifier}[learner]
+               "care": _train_restoration, "classifier": _train_classifier, "detector": _train_detector}[learner]
     trainer(task, ctx)
     if "curve" not in task["outputs"]:  # a sweep's candidate: its curves stay in its folder
         return
@@ -201,3 +201,43 @@ def _train_classifier(task: dict, ctx) -> None:
     if "confusion" in task["outputs"]:  # not for a sweep's candidate (the selection writes it)
         cl.write_training_confusion(out, task["outputs"]["confusion"])
     _record_data(out, used, problems)
+
+
+def _train_detector(task: dict, ctx) -> None:
+    """The box detector from the samples' boxes files, frame by frame; in a time-lapse only
+    the frames with boxes train (an unannotated frame cannot be told from an empty one)."""
+    import numpy as np
+
+    from snakescope.detection import train_detector
+    from snakescope.io import ngff
+    from snakescope.io.boxes import read_boxes_file
+    from snakescope.io.frames import frames
+    from snakescope.settings import Detection
+    from snakescope.training.splits import make_or_load_split
+
+    config = task["config"]
+    settings = Detection.from_dict({**config["detection"], "export_boxes": False, "enabled": True, "model_2d": None,
+                                    "score_thresh": None, "nms_iou": 0.5, "block_size": 1024})
+    names = settings.class_names
+
+    def frames_of(source: dict) -> dict:
+        image = ngff.read_image(_existing_image(source)["image"])
+        shape = dict(zip(image.axes, image.shape))
+        boxes = read_boxes_file(source["boxes"], (shape["y"], shape["x"]), class_names=names,
+                                n_frames=shape.get("t", 1))
+        found = {}
+        for t, index in frames(image.axes, image.shape, source["channel"]):
+            if t is None:
+                found[source["sample"]] = (np.asarray(image.data[index], np.float32), boxes)
+            elif np.any(boxes.frames == t):
+                found[f"{source['sample']}:t{t}"] = (np.asarray(image.data[index], np.float32), boxes.frame(t))
+        if not found:
+            raise InputError(source["boxes"], f"no frame of sample {source['sample']} has a box to learn from")
+        return found
+
+    loaded, problems = usable_sources(task, frames_of)
+    data = {key: item for part in loaded for key, item in part.items()}
+    split = make_or_load_split(data, task["split"], config["validation_fraction"], task["seed"])
+    out = task["outputs"]["model"]
+    train_detector(data, out, settings, class_names=names, split=split, seed=task["seed"])
+    _record_data(out, [s for s in task["sources"] if any(k.split(":")[0] == s["sample"] for k in data)], problems)

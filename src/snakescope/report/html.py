@@ -73,7 +73,9 @@ def _key_table(metrics: dict[str, pd.DataFrame]) -> str:
              "restoration": (lambda t: t, ["psnr_input_affine", "psnr_restored_affine", "ssim_restored"],
                              "PSNR (dB, after an affine fit) and SSIM against the clean target"),
              "classification": (lambda t: t[t["class_name"].astype(str) == "ALL"], ["balanced_accuracy", "macro_f1"],
-                                "objects against class-truth points")}
+                                "objects against class-truth points"),
+             "detection": (lambda t: t, ["map50", "map50_95", "precision", "recall", "f1"],
+                           "detector boxes against the true boxes (IoU 0.5; mAP of the boxes written)")}
     for kind, table in metrics.items():
         if kind not in picks or "sample" not in table:
             continue
@@ -98,17 +100,21 @@ def _what_was_run(config: dict, manifests: list[dict], models: list[dict]) -> st
         stages.append(f"restoration with {restoration.upper()}")
     segmentation = config["segmentation"]["method"]
     if segmentation != "none":
-        stages.append(f"segmentation with {'StarDist' if segmentation == 'stardist' else 'a 3-class U-Net'} "
+        typed = len(config["segmentation"]["unet"]["types"]) > 1
+        unet = f"a U-Net with {len(config['segmentation']['unet']['types'])} cell types" if typed else "a 3-class U-Net"
+        stages.append(f"segmentation with {'StarDist' if segmentation == 'stardist' else unet} "
                       "and per-object measurements")
     if any(m.get("kind") == "classifier" for m in models) or config["classification"]["model_2d"] or \
             config["classification"]["model_3d"]:
         stages.append("object classification")
     if any("track" in e["steps"] for m in manifests for e in m["samples"].values()):
         stages.append("tracking with divisions")
+    if any("detect" in e["steps"] for m in manifests for e in m["samples"].values()):
+        stages.append("the box detector")
     trained = [f"{m['kind']} {m['ndim']}D" + (f" (fine-tuned from {m['parent']})" if m.get("parent") else "")
                for m in models]
     given = [f"{section} {nd}D model {config[section][f'model_{nd}d']}"
-             for section in ("restoration", "segmentation", "classification") for nd in (2, 3)
+             for section in ("restoration", "segmentation", "classification", "detection") for nd in (2, 3)
              if config[section].get(f"model_{nd}d")]
     text = f"{len(samples)} samples went through " + ", ".join(stages) + "."
     if trained:

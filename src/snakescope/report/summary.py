@@ -30,6 +30,7 @@ KEY_FIGURES = {
                     "PSNR against the target after an affine fit, input -> restored (dB)"),
     "classification": ("balanced_accuracy", "class_name", "ALL", "balanced accuracy"),
     "tracking": ("TRA", None, None, "TRA"),
+    "detection": ("map50", None, None, "box detector, mAP at IoU 0.5 of the boxes written"),
 }
 
 
