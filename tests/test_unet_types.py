@@ -412,3 +412,35 @@ def test_the_three_class_unet_plans_as_before(tmp_path):
     finish = {w["sample"]: {s["step"]: s for s in w["steps"]} for w in plan.job("finish-b0000").task["samples"]}
     assert "types" not in finish["c"]["evaluate_segmentation"]["inputs"]
     assert {"class_confusion", "class_percent"} <= set(finish["c"]["evaluate_segmentation"]["outputs"])
+
+
+def test_one_label_file_per_type_is_merged_into_labels_and_a_types_table(tmp_path):
+    import tifffile
+
+    from snakescope.io.labels import read_types
+    from snakescope.pipeline.cli import main
+
+    round_ = np.zeros((2, 20, 30), np.uint16)
+    round_[:, 2:6, 2:6] = 7
+    round_[1, 10:14, 2:6] = 3
+    elongated = np.zeros((2, 20, 30), np.uint8)
+    elongated[0, 10:12, 10:25] = 1
+    tifffile.imwrite(tmp_path / "round.tif", round_)
+    tifffile.imwrite(tmp_path / "elongated.tif", elongated)
+    main(["merge-types", "--labels", str(tmp_path / "labels.tif"), "--types", str(tmp_path / "types.csv"),
+          f"round={tmp_path / 'round.tif'}", f"elongated={tmp_path / 'elongated.tif'}"])
+    labels = tifffile.imread(tmp_path / "labels.tif")
+    table = pd.read_csv(tmp_path / "types.csv")
+    assert table.to_dict("list") == {"label": [1, 2, 3], "type": ["round", "round", "elongated"]}
+    # the objects keep their pixels, with new ids; the table gives each its file's type
+    assert set(np.unique(labels[round_ > 0])) == {1, 2} and set(np.unique(labels[elongated > 0])) == {3}
+    np.testing.assert_array_equal(labels > 0, (round_ > 0) | (elongated > 0))
+    assert read_types(tmp_path / "types.csv", labels.shape, TYPES, "merged") == {1: 1, 2: 1, 3: 2}
+
+    elongated[1, 3, 3] = 2  # a pixel of a round object
+    tifffile.imwrite(tmp_path / "elongated.tif", elongated)
+    with pytest.raises(InputError, match=r"elongated.tif.*1 pixel\(s\) of its objects also belong to objects of"):
+        from snakescope.segmentation.unet.types import merge_type_labels
+
+        merge_type_labels({"round": tmp_path / "round.tif", "elongated": tmp_path / "elongated.tif"},
+                          tmp_path / "l.tif", tmp_path / "t.csv")

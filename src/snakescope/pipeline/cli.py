@@ -5,7 +5,9 @@ Commands:
 * ``run PLAN [--threads N]``: the job a plan file describes (a stage
   batch, a training, a scatter part, the summary and report);
 * ``gather KIND --out CSV --manifests MANIFEST...``: per-sample metrics of one kind, per sample and summed;
-* ``check FAILURES``: ends with an error listing the failed samples, if there are any.
+* ``check FAILURES``: ends with an error listing the failed samples, if there are any;
+* ``merge-types --labels TIF --types CSV TYPE=LABELS.tif ...``: one label file per cell type
+  into the labels and ``label,type`` table the samples sheet takes (a typed U-Net's input).
 
 Rules call it with the interpreter of their environment (a local venv, or ``python``
 inside the rule's conda env), so the same entry point serves local runs, ``--sdm conda``
@@ -38,6 +40,10 @@ def _parser() -> argparse.ArgumentParser:
     gather.add_argument("--manifests", nargs="+", required=True, help="the finish stage's manifests")
     check = sub.add_parser("check", help="fail when samples failed")
     check.add_argument("failures")
+    merge = sub.add_parser("merge-types", help="one label file per cell type -> labels + label,type CSV")
+    merge.add_argument("files", nargs="+", metavar="TYPE=LABELS.tif")
+    merge.add_argument("--labels", required=True, help="the merged labels TIFF to write")
+    merge.add_argument("--types", required=True, help="the label,type CSV to write")
     return p
 
 
@@ -63,6 +69,16 @@ def main(argv=None) -> None:
             from snakescope.pipeline.gather import gather_metrics
 
             gather_metrics(args.kind, args.manifests, *args.out)
+        elif args.command == "merge-types":
+            from snakescope.segmentation.unet.types import merge_type_labels
+
+            pairs = [f.partition("=") for f in args.files]
+            bad = [f for f, (name, eq, path) in zip(args.files, pairs) if not (name and eq and path)]
+            if bad:
+                raise InputError(bad[0], "give each type's labels as TYPE=PATH")
+            counts = merge_type_labels({name: path for name, _, path in pairs}, args.labels, args.types)
+            log.info("merged %s into %s and %s", ", ".join(f"{n}: {c} objects" for n, c in counts.items()),
+                     args.labels, args.types)
         else:
             from snakescope.report.summary import check_failures
 

@@ -1,5 +1,6 @@
 """Cell types of the typed U-Net: its pixel classes, each object's type from the ground
-truth (a type image or a ``label,type`` table), and each predicted object's type.
+truth (a type image or a ``label,type`` table; one label file per type is merged into
+those by :func:`merge_type_labels`), and each predicted object's type.
 
 A U-Net for K >= 2 types predicts 2K + 1 classes: background (0), then per type k
 (1..K) its contour (2k - 1) and its body (2k), named ``<type>_contour`` and ``<type>_body``.
@@ -19,7 +20,7 @@ import numpy as np
 from snakescope.errors import InputError
 from snakescope.segmentation.unet.targets import CLASS_NAMES, check_labels
 
-__all__ = ["class_names_for", "class_types", "object_type_image", "object_types"]
+__all__ = ["class_names_for", "class_types", "merge_type_labels", "object_type_image", "object_types"]
 
 
 def class_names_for(types: Sequence[str]) -> tuple[str, ...]:
@@ -107,3 +108,45 @@ def object_types(labels, class_map, n_types: int) -> dict[int, tuple[int, float]
     return {int(i): (int(best[i]) if typed[i] else 0, float(counts[i, best[i]] / typed[i]) if typed[i] else 0.0)
             for i in present}
 
+
+
+def merge_type_labels(files: Mapping[str, str | Path], labels_out: str | Path, types_out: str | Path) -> dict:
+    """One label file per type (``files``: {type name: TIFF of that type's instance labels,
+    all of one shape}) into what the samples sheet takes: one labels TIFF (``labels_out``;
+    each file's ids moved past the previous files', 0 stays background) and its
+    ``label,type`` CSV (``types_out``). Objects of two types may not share a pixel (an
+    InputError names both files). Returns {type: number of objects}."""
+    import pandas as pd
+    import tifffile
+
+    from snakescope.io.atomic import atomic_path
+
+    if len(files) < 2:
+        raise InputError(", ".join(map(str, files.values())) or "types", "one label file per type: give at least two")
+    merged, rows, counts, owner, shape = None, [], {}, None, None
+    for name, path in files.items():
+        labels = np.asarray(tifffile.imread(path))
+        if labels.dtype.kind not in "ui":
+            raise InputError(path, f"labels must be an integer image, got {labels.dtype}")
+        if shape is None:
+            shape, merged, owner = labels.shape, np.zeros(labels.shape, np.uint32), np.full(labels.shape, -1, np.int64)
+        elif labels.shape != shape:
+            raise InputError(path, f"labels shape {labels.shape} differs from {shape} of {next(iter(files.values()))}")
+        ids = np.unique(labels[labels > 0])
+        taken = (labels > 0) & (owner >= 0)
+        if taken.any():
+            other = list(files.values())[int(owner[taken][0])]
+            raise InputError(path, f"{int(taken.sum())} pixel(s) of its objects also belong to objects of {other}: "
+                                   "an object has one type")
+        offset = len(rows)
+        lookup = np.zeros(int(labels.max()) + 1, np.uint32)
+        lookup[ids] = np.arange(offset + 1, offset + len(ids) + 1, dtype=np.uint32)
+        merged[labels > 0] = lookup[labels[labels > 0]]
+        owner[labels > 0] = list(files).index(name)
+        rows += [{"label": offset + k + 1, "type": name} for k in range(len(ids))]
+        counts[name] = len(ids)
+    with atomic_path(labels_out) as tmp:
+        tifffile.imwrite(tmp, merged if len(rows) >= 2 ** 16 else merged.astype(np.uint16))
+    with atomic_path(types_out) as tmp:
+        pd.DataFrame(rows, columns=["label", "type"]).to_csv(tmp, index=False)
+    return counts
