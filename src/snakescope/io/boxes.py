@@ -138,8 +138,8 @@ def object_classes(objects: pd.DataFrame | None, type_names: Sequence[str] = ())
     if "class_name" in objects:
         names = [c[2:] for c in objects.columns if c.startswith("p_")]
         classes = [names.index(str(c)) for c in objects["class_name"]]
-        scores = [float(row[f"p_{names[c]}"]) for c, (_, row) in zip(classes, objects.iterrows())]
-        return names, dict(zip(keys, zip(classes, scores)))
+        scores = objects[[f"p_{n}" for n in names]].to_numpy(dtype=float)[np.arange(len(objects)), classes]
+        return names, dict(zip(keys, zip(classes, scores.tolist())))
     if "type" in objects and objects["type"].notna().any():
         names = list(type_names) + (["untyped"] if objects["type"].isna().any() else [])
         classes = [names.index("untyped" if pd.isna(t) else str(t)) for t in objects["type"]]
@@ -164,11 +164,13 @@ def export_label_boxes(labels_path: str | Path, napari_path: str | Path, yolo_fo
     time_lapse = image.axes == "tyx"
     n_frames = image.shape[0] if time_lapse else 1
     names, known = object_classes(objects, type_names)
+    by_frame: dict[int, dict] = {}
+    for (t, label), value in known.items():
+        by_frame.setdefault(t, {})[label] = value
     parts = []
     for t in range(n_frames):
         frame = np.asarray(image.data[t] if time_lapse else image.data[...])
-        ids = [i for i in np.unique(frame) if i]
-        found = {int(i): known[(t, int(i))] for i in ids if (t, int(i)) in known}
+        found = by_frame.get(t, {})
         boxes = boxes_from_labels(frame, classes={i: c for i, (c, _) in found.items()},
                                   scores={i: p for i, (_, p) in found.items()})
         parts.append(Boxes(boxes.yxyx, boxes.classes, boxes.scores, np.full(len(boxes), t, np.int64)))

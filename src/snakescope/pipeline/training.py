@@ -212,12 +212,12 @@ def _train_detector(task: dict, ctx) -> None:
     from snakescope.io import ngff
     from snakescope.io.boxes import read_boxes_file
     from snakescope.io.frames import frames
-    from snakescope.settings import Detection
+    from snakescope.settings import defaults
     from snakescope.training.splits import make_or_load_split
 
     config = task["config"]
-    settings = Detection.from_dict({**config["detection"], "export_boxes": False, "enabled": True, "model_2d": None,
-                                    "score_thresh": None, "nms_iou": 0.5, "block_size": 1024})
+    # the task holds only the training keys; the prediction keys, unused here, are the schema's
+    settings = defaults().detection.replace(**config["detection"])
     names = settings.class_names
 
     def frames_of(source: dict) -> dict:
