@@ -32,8 +32,9 @@ come on top (about 20 minutes in all on 2 CPU cores).
 Keys: ``f1_best`` (held-out F1 at IoU 0.5 of the chosen candidate, the chosen model's own
 thresholds), ``f1_default`` (of the default configuration), ``chosen``, and ``details`` (per
 candidate: steps, epochs, seconds, validation loss, validation F1, fit flag, and the held-out
-F1 of the chosen one and of the one val_f1 would have chosen; the default's steps, epochs and
-seconds; load averages; the recipe). ``SNAKESCOPE_SWEEP_STEPS``: another per-candidate
+F1 of the chosen one, of the one val_f1 would have chosen and of the default combination,
+``f1_default_at_candidate_steps``: the default trained as one candidate, with the chosen
+one's steps; the default's steps, epochs and seconds; load averages; the recipe). ``SNAKESCOPE_SWEEP_STEPS``: another per-candidate
 budget (default 250 steps, a multiple of 10). ``SNAKESCOPE_BENCH_QUICK=1``: a
 plumbing run of a few minutes (64 x 64 crops, 6 train, 2 validation, 2 test images, a
 tiny network, 2 x 2 steps per training: the figures mean nothing).
@@ -133,6 +134,11 @@ def main() -> None:
         if "test_f1" not in figures[by_f1]:
             figures[by_f1]["test_f1"] = held_out_f1(work / "sweeps" / by_f1, pairs, test)
 
+        # the default configuration is one of the candidates: its held-out F1 at the candidates' budget
+        default_name = combination_name({k: getattr(base, k) for k in GRID})
+        if default_name in figures and "test_f1" not in figures[default_name]:
+            figures[default_name]["test_f1"] = held_out_f1(work / "sweeps" / default_name, pairs, test)
+
         default_settings = base.replace(epochs=base.epochs * len(candidates))
         default = train(training_pairs, split, work / "default", default_settings)
         default["test_f1"] = f1_default = held_out_f1(work / "default", pairs, test)
@@ -146,6 +152,7 @@ def main() -> None:
                 "candidates": figures,
                 "default": {"settings": {k: getattr(default_settings, k) for k in GRID}, **default},
                 "chosen_by_val_f1": by_f1, "test_f1_chosen_by_val_f1": figures[by_f1]["test_f1"],
+                "f1_default_at_candidate_steps": figures.get(default_name, {}).get("test_f1"),
                 "candidate_steps": base.epochs * base.steps_per_epoch,
                 "default_steps": default_settings.epochs * base.steps_per_epoch,
                 "recipe": {k: v for k, v in dataclasses.asdict(base).items() if k not in (*GRID, "epochs")},

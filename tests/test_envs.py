@@ -102,9 +102,10 @@ def standin_env(env_file: str, root) -> Path:
 @pytest.mark.slow
 def test_each_rule_runs_in_an_env_made_from_its_env_file_alone(tmp_path_factory):
     """The small project (every stage: ingest, StarDist training and prediction, measurements,
-    classifier, tracking, evaluations, QC, provenance, summary) and a Noise2Void project run
-    with each rule family's interpreter a venv built from its env file's pins only, so an
-    import its env file lacks fails the run."""
+    classifier, tracking, evaluations, QC, provenance, summary) and a Noise2Void project with
+    the box detector (its training, detection and scoring) run with each rule family's
+    interpreter a venv built from its env file's pins only, so an import its env file lacks
+    fails the run."""
     import yaml
 
     from conftest import make_small_project, run_ok
@@ -126,14 +127,23 @@ def test_each_rule_runs_in_an_env_made_from_its_env_file_alone(tmp_path_factory)
     clean, noisy = clean_and_noisy(0)
     tifffile.imwrite(n2v / "data" / "noisy.tif", noisy)
     tifffile.imwrite(n2v / "data" / "clean.tif", clean)
+    from skimage.measure import label
+
+    from snakescope.io.boxes import boxes_from_labels, write_yolo
+
+    write_yolo(n2v / "data" / "boxes.txt", boxes_from_labels(label(clean > 600)), clean.shape)
     (n2v / "config").mkdir()
-    (n2v / "config" / "samples.tsv").write_text("sample_id\timage\taxes\tvoxel_size\ttarget\n"
-                                                "blobs\tdata/noisy.tif\tYX\t0.5\tdata/clean.tif\n")
+    (n2v / "config" / "samples.tsv").write_text("sample_id\timage\taxes\tvoxel_size\ttarget\tboxes\n"
+                                                "blobs\tdata/noisy.tif\tYX\t0.5\tdata/clean.tif\tdata/boxes.txt\n")
     config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
     config.update(samples="config/samples.tsv", local_envs={k: str(v) for k, v in envs.items()},
                   segmentation={"method": "none"},
+                  detection={"enabled": True, "architecture": {"n_depth": 1, "n_filter_base": 4},
+                             "patch_size": [32, 32], "batch_size": 2, "epochs": 1, "steps_per_epoch": 2},
                   restoration={"method": "n2v", "n2v": {"epochs": 1, "steps_per_epoch": 3, "batch_size": 4,
                                                         "patch_shape": [32, 32], "n_patches": 32, "patience": 0}})
     (n2v / "config" / "config.yaml").write_text(yaml.safe_dump(config))
     run_ok(n2v)
     assert (n2v / "results" / "blobs" / "restored.ome.zarr").is_dir()
+    assert (n2v / "results" / "blobs" / "detections" / "boxes.csv").is_file()
+    assert (n2v / "results" / "metrics" / "detection.csv").is_file()
