@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -103,9 +104,9 @@ def standin_env(env_file: str, root) -> Path:
 def test_each_rule_runs_in_an_env_made_from_its_env_file_alone(tmp_path_factory):
     """The small project (every stage: ingest, StarDist training and prediction, measurements,
     classifier, tracking, evaluations, QC, provenance, summary) and a Noise2Void project with
-    the box detector (its training, detection and scoring) run with each rule family's
-    interpreter a venv built from its env file's pins only, so an import its env file lacks
-    fails the run."""
+    the box detector (its training, detection and scoring) and the shipped StarDist model
+    fine-tuned on its labels run with each rule family's interpreter a venv built from its env
+    file's pins only, so an import its env file lacks fails the run."""
     import yaml
 
     from conftest import make_small_project, run_ok
@@ -120,6 +121,7 @@ def test_each_rule_runs_in_an_env_made_from_its_env_file_alone(tmp_path_factory)
     run_ok(wd)
     assert "2 samples: 2 complete" in (wd / "results" / "summary.md").read_text()
 
+    import numpy as np
     import tifffile
 
     n2v = root / "n2v_project"
@@ -131,13 +133,17 @@ def test_each_rule_runs_in_an_env_made_from_its_env_file_alone(tmp_path_factory)
 
     from snakescope.io.boxes import boxes_from_labels, write_yolo
 
-    write_yolo(n2v / "data" / "boxes.txt", boxes_from_labels(label(clean > 600)), clean.shape)
+    labels = label(clean > 600)
+    tifffile.imwrite(n2v / "data" / "labels.tif", labels.astype(np.uint16))
+    write_yolo(n2v / "data" / "boxes.txt", boxes_from_labels(labels), clean.shape)
     (n2v / "config").mkdir()
-    (n2v / "config" / "samples.tsv").write_text("sample_id\timage\taxes\tvoxel_size\ttarget\tboxes\n"
-                                                "blobs\tdata/noisy.tif\tYX\t0.5\tdata/clean.tif\tdata/boxes.txt\n")
+    (n2v / "config" / "samples.tsv").write_text(
+        "sample_id\timage\taxes\tvoxel_size\ttarget\tboxes\tlabels\n"
+        "blobs\tdata/noisy.tif\tYX\t0.5\tdata/clean.tif\tdata/boxes.txt\tdata/labels.tif\n")
     config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
     config.update(samples="config/samples.tsv", local_envs={k: str(v) for k, v in envs.items()},
-                  segmentation={"method": "none"},
+                  segmentation={"model_2d": str(REPO / "models" / "stardist_2d_nuclei"),
+                                "fine_tune": {"epochs": 1, "steps_per_epoch": 2}},
                   detection={"enabled": True, "architecture": {"n_depth": 1, "n_filter_base": 4},
                              "patch_size": [32, 32], "batch_size": 2, "epochs": 1, "steps_per_epoch": 2},
                   restoration={"method": "n2v", "n2v": {"epochs": 1, "steps_per_epoch": 3, "batch_size": 4,
@@ -147,3 +153,6 @@ def test_each_rule_runs_in_an_env_made_from_its_env_file_alone(tmp_path_factory)
     assert (n2v / "results" / "blobs" / "restored.ome.zarr").is_dir()
     assert (n2v / "results" / "blobs" / "detections" / "boxes.csv").is_file()
     assert (n2v / "results" / "metrics" / "detection.csv").is_file()
+    tuned = json.loads(next((n2v / "results" / "models").glob("stardist_2d*/snakescope.json")).read_text())
+    assert Path(tuned["parent"]).name == "stardist_2d_nuclei"
+    assert (n2v / "results" / "blobs" / "objects.parquet").is_file()
