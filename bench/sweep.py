@@ -35,9 +35,10 @@ candidate: steps, epochs, seconds, validation loss, validation F1, fit flag, and
 F1 of the chosen one, of the one val_f1 would have chosen and of the default combination,
 ``f1_default_at_candidate_steps``: the default trained as one candidate, with the chosen
 one's steps; the default's steps, epochs and seconds; load averages; the recipe).
-``SNAKESCOPE_SWEEP_STEPS``: another per-candidate budget (default 250 steps, a multiple of 10). ``SNAKESCOPE_BENCH_QUICK=1``: a
-plumbing run of a few minutes (64 x 64 crops, 6 train, 2 validation, 2 test images, a
-tiny network, 2 x 2 steps per training: the figures mean nothing).
+``SNAKESCOPE_SWEEP_STEPS``: another per-candidate budget (default 250 steps, a multiple of
+10). ``SNAKESCOPE_BENCH_QUICK=1``: a plumbing run of a few minutes (64 x 64 crops, 6 train,
+2 validation, 2 test images, a tiny network, 2 x 2 steps per training: the figures mean
+nothing).
 """
 
 from __future__ import annotations
